@@ -1,0 +1,30 @@
+# Every target does its own set-up from a fresh clone: it creates .venv when missing and
+# installs the project (with the tested torch/torchvision pair) before it runs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml constraints-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) -m treelstm.demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.batching --json runs/bench/batching.json --plot runs/bench/batching.png
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

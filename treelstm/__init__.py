@@ -1,0 +1,1 @@
+"""treelstm: Tree-LSTMs (Tai, Socher & Manning 2015) batched level by level in PyTorch."""
