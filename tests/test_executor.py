@@ -1,0 +1,206 @@
+"""Every executor strategy computes the per-node evaluator's function: values and gradients."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treelstm.cells import ChildSumCell, NaryCell
+from treelstm.executor import STRATEGIES, evaluate_tree, run
+from treelstm.models import TreeLSTM
+from treelstm.schedule import build_schedule
+from treelstm.tree import Tree
+
+from .strategies import binary_trees, forests
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+SWITCHES = [
+    {},
+    {"output_gate": False},
+    {"forget_input": False},
+    {"double_bias": True},
+    {"input_at": "leaves"},
+]
+IN, H = 3, 4
+
+
+def make_cell(kind, **sw):
+    torch.manual_seed(0)
+    return ChildSumCell(IN, H, **sw) if kind == "childsum" else NaryCell(IN, H, n_ary=2, **sw)
+
+
+def loss_of(h, c):
+    """A loss that weights every node and both states differently."""
+    w = torch.linspace(-1, 1, h.numel(), dtype=h.dtype).view_as(h)
+    return (h * w).sum() + 0.3 * (c * c.flip(0)).sum()
+
+
+def oracle(cell, trees, sched, x):
+    """Per tree, the per-node evaluator; results placed in schedule order."""
+    h = x.new_zeros(sched.num_nodes, H)
+    c = x.new_zeros(sched.num_nodes, H)
+    for b, t in enumerate(trees):
+        rows = torch.nonzero(sched.node_tree == b).flatten()
+        rows = rows[torch.argsort(sched.post_index[rows])]  # the tree's post-order
+        hb, cb = evaluate_tree(cell, t, x[rows])
+        h = h.index_put((rows,), hb)
+        c = c.index_put((rows,), cb)
+    return h, c
+
+
+def grads(cell, trees, sched, x, strategy):
+    cell.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    h, c = oracle(cell, trees, sched, x) if strategy == "oracle" else run(cell, sched, x, strategy)
+    loss = loss_of(h, c)
+    loss.backward()
+    return [h.detach(), c.detach(), loss.detach(), x.grad] + [
+        p.grad.clone() for p in cell.parameters()
+    ]
+
+
+def assert_all_close(got, want, what):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(
+            a, b, rtol=1e-6, atol=1e-6, msg=lambda m, k=k: f"{what}[{k}]: {m}"
+        )
+
+
+@settings(max_examples=20, deadline=None)
+@given(forests(max_size=6, max_children=6), st.integers(0, len(SWITCHES) - 1))
+def test_childsum_strategies_match_per_node_evaluator(trees, switch):
+    """Child-Sum: every strategy equals the per-node evaluator in h, c, loss and all gradients."""
+    cell = make_cell("childsum", **SWITCHES[switch])
+    sched = build_schedule(trees)
+    x = torch.randn(sched.num_nodes, IN)
+    want = grads(cell, trees, sched, x, "oracle")
+    for strategy in STRATEGIES:
+        assert_all_close(grads(cell, trees, sched, x, strategy), want, strategy)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(binary_trees(), min_size=1, max_size=6), st.integers(0, len(SWITCHES) - 1))
+def test_nary_strategies_match_per_node_evaluator(trees, switch):
+    """N-ary: every strategy equals the per-node evaluator in h, c, loss and all gradients."""
+    cell = make_cell("nary", **SWITCHES[switch])
+    sched = build_schedule(trees, n_ary=2)
+    x = torch.randn(sched.num_nodes, IN)
+    want = grads(cell, trees, sched, x, "oracle")
+    for strategy in STRATEGIES:
+        assert_all_close(grads(cell, trees, sched, x, strategy), want, strategy)
+
+
+def test_nary_with_missing_child_slots():
+    """N-ary cells with unary nodes (a missing second child) match the per-node evaluator."""
+    trees = [
+        Tree(0, None, [Tree(1, "a")]),
+        Tree(0, None, [Tree(0, None, [Tree(1, "b")]), Tree(2, "c")]),
+    ]
+    cell = NaryCell(IN, H, n_ary=3)
+    sched = build_schedule(trees)  # K = 2 < n_ary: the executor pads the slots
+    x = torch.randn(sched.num_nodes, IN)
+    want = grads(cell, trees, sched, x, "oracle")
+    for strategy in STRATEGIES:
+        assert_all_close(grads(cell, trees, sched, x, strategy), want, strategy)
+
+
+def test_wide_childsum_nodes():
+    """Child-Sum nodes with up to 32 children match the per-node evaluator."""
+    g = torch.Generator().manual_seed(3)
+    leaves = [Tree(1, "w") for _ in range(32)]
+    trees = [
+        Tree(0, None, leaves),
+        Tree(0, None, [Tree(0, None, leaves[:7]), Tree(1, "x"), Tree(0, None, leaves[:32])]),
+        Tree(2, "single"),
+    ]
+    cell = make_cell("childsum")
+    sched = build_schedule(trees)
+    assert sched.max_children == 32
+    x = torch.randn(sched.num_nodes, IN, generator=g)
+    want = grads(cell, trees, sched, x, "oracle")
+    for strategy in STRATEGIES:
+        assert_all_close(grads(cell, trees, sched, x, strategy), want, strategy)
+
+
+@settings(max_examples=15, deadline=None)
+@given(forests(min_size=2, max_size=6), st.randoms(use_true_random=False))
+def test_result_independent_of_tree_order(trees, rnd):
+    """Permuting the trees of a batch permutes the roots' states and changes nothing else."""
+    cell = make_cell("childsum")
+    order = list(range(len(trees)))
+    rnd.shuffle(order)
+    enc_x = {}
+
+    def roots(ts):
+        s = build_schedule(ts)
+        # Inputs depend on the node only (tree identity + post-order index), not on the batch.
+        x = torch.stack(
+            [
+                enc_x.setdefault((id(ts[int(b)]), int(j)), torch.randn(IN))
+                for b, j in zip(s.node_tree, s.post_index, strict=True)
+            ]
+        )
+        h, _ = run(cell, s, x)
+        return h[s.roots]
+
+    a = roots(trees)
+    b = roots([trees[k] for k in order])
+    torch.testing.assert_close(b, a[order], rtol=0, atol=1e-12)
+
+
+def test_long_chain_and_many_trees():
+    """A 100,000-node chain and a batch of 10,000 small trees run without recursion errors."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        node = Tree(0, "w")
+        for _ in range(99_999):
+            node = Tree(0, "w", [node])
+        cell = ChildSumCell(2, 2)
+        s = build_schedule([node])
+        assert s.num_levels == 100_000
+        with torch.no_grad():
+            h, _ = run(cell, s, torch.ones(s.num_nodes, 2))
+        assert torch.isfinite(h).all()
+        small = [Tree(0, None, [Tree(1, "a"), Tree(2, "b", [Tree(3, "c")])])] * 10_000
+        s = build_schedule(small)
+        enc = TreeLSTM(3, ChildSumCell(2, 3))
+        out = enc(s)
+        out.root_h.sum().backward()
+        assert out.root_h.shape == (10_000, 3)
+    finally:
+        torch.set_default_dtype(torch.float64)
+
+
+def test_bad_inputs_give_clear_errors():
+    """Empty batch, mismatched devices, too many children, unknown strategy: ValueError."""
+    with pytest.raises(ValueError, match="empty batch"):
+        build_schedule([])
+    t = Tree(0, None, [Tree(1, "a"), Tree(2, "b"), Tree(3, "c")])
+    with pytest.raises(ValueError, match="more than n_ary=2"):
+        build_schedule([t], n_ary=2)
+    s = build_schedule([t])
+    with pytest.raises(ValueError, match="NaryCell\\(n_ary=2\\) takes at most 2"):
+        run(NaryCell(IN, H), s, torch.zeros(4, IN))
+    cell = ChildSumCell(IN, H)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        run(cell, s, torch.zeros(4, IN), "magic")
+    with pytest.raises(ValueError, match=r"x must be \[N=4"):
+        run(cell, s, torch.zeros(5, IN))
+    with pytest.raises(ValueError, match="move them to one device"):
+        run(cell, s.to("meta"), torch.zeros(4, IN))
+
+
+def test_encoder_roots_and_padding():
+    """TreeLSTM gives all nodes' states, the roots' h in batch order; word-less nodes read zeros."""
+    trees = [Tree(0, None, [Tree(1, "a"), Tree(2, "b")]), Tree(3, "b")]
+    vocab = {"a": 0, "b": 1}
+    s = build_schedule(trees, vocab)
+    enc = TreeLSTM(2, ChildSumCell(IN, H))
+    out = enc(s)
+    assert out.h.shape == (s.num_nodes, H) and out.root_h.shape == (2, H)
+    torch.testing.assert_close(out.root_h, out.h[s.roots])
+    x = enc.embed(s)
+    assert torch.equal(x[s.tokens < 0], torch.zeros_like(x[s.tokens < 0]))
+    with pytest.raises(ValueError, match="embeddings must be"):
+        TreeLSTM(2, ChildSumCell(IN, H), embeddings=torch.zeros(3, IN))
