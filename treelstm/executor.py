@@ -295,9 +295,9 @@ class _ChildSumLevels(torch.autograd.Function):
         D[N] = 0
         # U with its forget block first, matching the gathered [d c -> d f | d iou] layout.
         U_fi = torch.cat([U[nm:], U[:nm]])
-        dz_all = h_all.new_empty(
-            N, 2 * H + nm
-        )  # per node as a child: [d f_edge | d iou_parent | -]
+        # Per node as a child: [d f of its edge | d iou of its parent].
+        dz_all = h_all.new_empty(N, H + nm)
+        D_head = D[:, : H + nm]
         L = len(bounds) - 1
         dz_all[bounds[L - 1] :] = 0  # roots of the top level push nothing
         for l in reversed(range(L)):
@@ -307,17 +307,15 @@ class _ChildSumLevels(torch.autograd.Function):
             if l < L - 1:
                 p = parent[s:e]
                 f = f_all[s:e]
-                g = torch.index_select(D, 0, p, out=dz_all[s:e])  # parents' [dc | d iou | -]
-                dcp = g[:, :H]
+                dz = torch.index_select(D_head, 0, p, out=dz_all[s:e])  # parents' [dc | d iou]
+                dcp = dz[:, :H]
                 dc = torch.addcmul(dc, dcp, f)
                 dcp.mul_(c_all[s:e]).mul_(f - f * f)  # -> d(forget pre-activation) of the edge
-                dz = g[:, : H + nm]
                 dh = torch.addmm(dh, dz, U_fi)
                 D[:, H + nm :].index_add_(0, p, dcp)
             _gates_backward(act[s:e], tc_all[s:e], dh, dc, D[s:e, H : H + nm], D[s:e, :H])
         d_xw = D[:N, H:]
-        dz = dz_all[:, : H + nm]
-        d_U_fi = dz.t() @ h_all
+        d_U_fi = dz_all.t() @ h_all
         d_U = torch.cat([d_U_fi[H:], d_U_fi[:H]])
         return d_xw, d_U, None, None, None, None
 
