@@ -1,0 +1,31 @@
+"""Train a net whose structure is drawn on every forward pass on MNIST.
+
+    python examples/mnist_dynamic.py --net depth             # the tutorial's random-depth net
+    python examples/mnist_dynamic.py --net branch --faithful # the random-branch net, quirks kept
+    python examples/mnist_dynamic.py --net halting           # stop when ||h|| >= 10, per sample
+    python examples/mnist_dynamic.py --dry-run               # a few batches; no data needed
+
+Options: --per-sample (one draw per sample instead of per batch), --epochs N, --seed S,
+--data-dir D (a folder holding MNIST/raw; else $TREELSTM_DATA; else downloaded to a cache),
+--out DIR (checkpoint.pt, metrics.json, curves.png), --resume, --device auto|cpu|cuda;
+`--help` lists them all. The defaults are the tutorial's settings.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    from dynamic.train import main as _main
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from dynamic.train import main as _main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse argv (None: the command line), train and test; returns the per-epoch metrics."""
+    return _main(argv)
+
+
+if __name__ == "__main__":
+    main()
