@@ -135,3 +135,13 @@ def dependency_parents(draw, max_len: int = 12) -> list[int]:
     for j in range(1, n):
         heads[order[j] - 1] = order[draw(st.integers(0, j - 1))]
     return heads
+
+
+#: One setting of each cell switch (the paper's cell first), for tests that cover every variant.
+CELL_SWITCHES = [
+    {},
+    {"output_gate": False},
+    {"forget_input": False},
+    {"double_bias": True},
+    {"input_at": "leaves"},
+]

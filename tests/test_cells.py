@@ -11,17 +11,10 @@ from treelstm.cells import ChildSumCell, NaryCell
 from treelstm.executor import evaluate_tree
 from treelstm.tree import Tree
 
+from .strategies import CELL_SWITCHES as SWITCHES
 from .strategies import binary_trees, trees
 
 pytestmark = pytest.mark.usefixtures("float64")
-
-SWITCHES = [
-    {},
-    {"output_gate": False},
-    {"forget_input": False},
-    {"double_bias": True},
-    {"input_at": "leaves"},
-]
 
 
 def chain(n: int) -> Tree:

@@ -11,17 +11,11 @@ from treelstm.models import TreeLSTM
 from treelstm.schedule import build_schedule
 from treelstm.tree import Tree
 
+from .strategies import CELL_SWITCHES as SWITCHES
 from .strategies import binary_trees, forests
 
 pytestmark = pytest.mark.usefixtures("float64")
 
-SWITCHES = [
-    {},
-    {"output_gate": False},
-    {"forget_input": False},
-    {"double_bias": True},
-    {"input_at": "leaves"},
-]
 IN, H = 3, 4
 
 
