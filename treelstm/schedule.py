@@ -213,10 +213,8 @@ def build_schedule(
     children[parent[kids], r[kids]] = kids
 
     lookup = _lookup(vocab)
-    words = [w for f in flats for w in f.words]
-    tokens = np.fromiter(
-        (-1 if words[i] is None else lookup(words[i]) for i in perm), dtype=np.int64, count=N
-    )
+    ids = [-1 if w is None else lookup(w) for f in flats for w in f.words]
+    tokens = np.array(ids, dtype=np.int64)[perm]
     labels = _labels([lab for f in flats for lab in f.labels], perm)
 
     roots = new_of_old[offsets + sizes - 1]
@@ -234,17 +232,17 @@ def build_schedule(
     )
 
 
+_INT_TYPES = {int, np.int64, np.int32, np.int16, np.int8}
+
+
 def _labels(labels: list, perm: np.ndarray) -> Tensor | None:
-    """Numeric labels as an int64 tensor (-1 for None); None when any label is not a number."""
-    out = np.empty(len(labels), dtype=np.int64)
-    for j, lab in enumerate(labels):
-        if lab is None:
-            out[j] = -1
-        elif isinstance(lab, (int, np.integer)) and not isinstance(lab, bool):
-            out[j] = lab
-        else:
-            return None
-    return torch.from_numpy(out[perm])
+    """Numeric labels as an int64 tensor (-1 for None); None when any label is not an integer."""
+    kinds = set(map(type, labels))
+    if not kinds <= _INT_TYPES | {type(None)}:
+        return None  # e.g. "NP" (bool is excluded: it is not a label)
+    if type(None) in kinds:
+        labels = [-1 if lab is None else lab for lab in labels]
+    return torch.from_numpy(np.array(labels, dtype=np.int64)[perm])
 
 
 def _collate(batch, vocab, n_ary):
