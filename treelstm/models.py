@@ -14,7 +14,14 @@ from torch import Tensor, nn
 from .executor import run
 from .schedule import Schedule
 
-__all__ = ["Encoded", "TreeLSTM"]
+__all__ = [
+    "Encoded",
+    "TreeLSTM",
+    "SentimentModel",
+    "RelatednessModel",
+    "relatedness_target",
+    "relatedness_loss",
+]
 
 
 class Encoded(NamedTuple):
@@ -74,3 +81,75 @@ class TreeLSTM(nn.Module):
         x = self.embed(schedule)
         h, c = run(self.cell, schedule, x, strategy or self.strategy)
         return Encoded(h, c, h[schedule.roots])
+
+
+# ------------------------------------------------------------------------------------- heads
+
+
+class SentimentModel(nn.Module):
+    """Tree-LSTM -> dropout -> linear -> class scores at every node (Tai et al. 2015, sec. 5.1).
+
+    ``model(schedule) -> logits [N, num_classes]`` in schedule order; the roots' rows are
+    ``logits[schedule.roots]``. Train with a cross-entropy at every labelled node.
+    """
+
+    def __init__(self, encoder: TreeLSTM, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.hidden_size, num_classes)
+
+    def forward(self, schedule: Schedule) -> Tensor:
+        h = self.encoder(schedule).h
+        return self.classifier(self.dropout(h))
+
+
+class RelatednessModel(nn.Module):
+    """Sentence-pair relatedness (Tai et al. 2015, sec. 5.2) over two Tree-LSTM encodings.
+
+    h_x = h_L * h_R, h_+ = |h_L - h_R| -> sigmoid layer (``sim_hidden`` units) -> log-softmax
+    over the scores 1..num_classes. ``model(schedule_a, schedule_b) -> log p [B, num_classes]``;
+    `expected_score` turns it into the prediction sum_r r p_r.
+    """
+
+    def __init__(self, encoder: TreeLSTM, sim_hidden: int = 50, num_classes: int = 5) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_classes = num_classes
+        self.hidden = nn.Linear(2 * encoder.hidden_size, sim_hidden)
+        self.out = nn.Linear(sim_hidden, num_classes)
+
+    def forward(self, schedule_a: Schedule, schedule_b: Schedule) -> Tensor:
+        hl = self.encoder(schedule_a).root_h
+        hr = self.encoder(schedule_b).root_h
+        features = torch.cat([hl * hr, (hl - hr).abs()], dim=1)
+        return torch.log_softmax(self.out(torch.sigmoid(self.hidden(features))), dim=1)
+
+    def expected_score(self, log_probs: Tensor) -> Tensor:
+        """[B, K] log-probabilities -> [B] expected score sum_r r p_r (r = 1..K)."""
+        r = torch.arange(1, self.num_classes + 1, dtype=log_probs.dtype, device=log_probs.device)
+        return log_probs.exp() @ r
+
+
+def relatedness_target(scores: Tensor, num_classes: int = 5) -> Tensor:
+    """[B] gold scores in [1, K] -> [B, K] sparse distributions p with sum_r r p_r = score.
+
+    The mass sits on floor(y) and ceil(y): p_floor = ceil(y) - y, p_ceil = y - floor(y)
+    (all of it on y when y is an integer), as in Tai et al. 2015, sec. 4.2.
+    """
+    y = scores.to(torch.get_default_dtype() if not scores.is_floating_point() else scores.dtype)
+    if y.numel() and (y.min() < 1 or y.max() > num_classes):
+        raise ValueError(f"relatedness scores must lie in [1, {num_classes}]")
+    lo = y.floor()
+    frac = y - lo
+    target = y.new_zeros(y.shape[0], num_classes + 1)  # one spare column for ceil(K) = K + 1
+    rows = torch.arange(y.shape[0], device=y.device)
+    target[rows, lo.long() - 1] = 1 - frac
+    target[rows, lo.long()] += frac
+    return target[:, :num_classes]
+
+
+def relatedness_loss(log_probs: Tensor, scores: Tensor) -> Tensor:
+    """Mean over the batch of KL(target || p), the target from `relatedness_target`."""
+    target = relatedness_target(scores, log_probs.shape[1]).to(log_probs.dtype)
+    return nn.functional.kl_div(log_probs, target, reduction="batchmean")
