@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench reproduce lint clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.batching --json runs/bench/batching.json --plot runs/bench/batching.png
+
+reproduce: $(STAMP)
+	$(PY) -m treelstm.reproduce sst --seeds 5 --out runs/repro
+	$(PY) -m treelstm.reproduce sick --seeds 5 --out runs/repro
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
