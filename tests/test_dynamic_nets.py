@@ -14,13 +14,7 @@ from dynamic.nets import run_grouped
 FAST = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: one thread avoids thread start-up and contention on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 seeds = st.integers(0, 2**31 - 1)
 batch_sizes = st.integers(1, 12)
 

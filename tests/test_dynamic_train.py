@@ -25,13 +25,7 @@ def _mnist_root() -> Path | None:
     return None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: one thread is faster than two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dry(tmp_path: Path, *extra: str) -> list[str]:
