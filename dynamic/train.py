@@ -17,6 +17,7 @@ Run it as `python examples/mnist_dynamic.py --net depth|branch|halting ...` (or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -32,9 +33,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import scaleout as distributed
 from dynamic.nets import HaltingNet, RandomBranchNet, RandomDepthNet
+from scaleout import SINGLE, Dist
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the tutorial's (and torchvision examples') constants
 CHECKPOINT = "checkpoint.pt"
@@ -69,6 +73,7 @@ class Config:
     progress: bool = True  # tqdm progress bar
     livelossplot: bool = False  # also send the curves to livelossplot (when installed)
     dry_run: bool = False  # a couple of batches on a tiny slice; synthetic data if MNIST is absent
+    dist_timeout: float = 600.0  # torchrun: seconds a rank waits for a dead peer before failing
 
 
 # Fields that must match between a checkpoint and the run that resumes it: everything that
@@ -259,7 +264,7 @@ def synthetic_mnist(n_train: int, n_test: int, seed: int = 0) -> MnistTensors:
     return MnistTensors(x_train, y_train, x_test, y_test, source="synthetic stand-in")
 
 
-def get_data(cfg: Config) -> MnistTensors:
+def get_data(cfg: Config, verbose: bool = True) -> MnistTensors:
     """The data a run uses: MNIST (sliced to --train-size/--test-size), or in --dry-run the
     synthetic stand-in when MNIST is absent (never downloading in a dry run)."""
     root, origin = resolve_data_dir(cfg.data_dir)
@@ -268,7 +273,8 @@ def get_data(cfg: Config) -> MnistTensors:
     except DataError:
         if not cfg.dry_run:
             raise
-        print(f"dry run: MNIST not found in {root / 'MNIST' / 'raw'}; using a synthetic stand-in")
+        if verbose:
+            print(f"dry run: MNIST not found in {root / 'MNIST' / 'raw'}; using synthetic data")
         data = synthetic_mnist(max(cfg.train_size, 256), max(cfg.test_size, 256), cfg.seed)
     if cfg.train_size:
         data.x_train, data.y_train = data.x_train[: cfg.train_size], data.y_train[: cfg.train_size]
@@ -362,12 +368,20 @@ def train(
     generator: torch.Generator,
     state: EpochState | None = None,
     stop: GracefulInterrupt | None = None,
+    d: Dist = SINGLE,
 ) -> EpochState:
     """Train one epoch (or the rest of one, from `state`) on x [N, 784], y [N].
 
     The shuffle and every draw come from `generator`. Returns the epoch's state: complete when
     `state.done(cfg.batch_size)`, else stopped early by Ctrl-C (`stop.requested`).
+
+    Distributed (`d.enabled`, `model` wrapped in DDP): every rank draws the same permutation and
+    the same depth/branch for the whole global batch of cfg.batch_size, then trains on its slice
+    of it. The local loss is (sum of its NLLs) * world / B, so DDP's gradient mean over ranks is
+    exactly the gradient of the global batch's mean NLL, even for a short last batch. The
+    returned loss_sum / seen are summed over ranks.
     """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
     model.train()
     if state is None:
         state = EpochState(perm=torch.randperm(x.shape[0], generator=generator))
@@ -377,20 +391,29 @@ def train(
     seen, t0 = state.seen, time.perf_counter()
     bar = tqdm(
         range(state.next_batch, n_batches), desc=f"epoch {epoch}", total=n_batches,
-        initial=state.next_batch, leave=False, disable=not cfg.progress, unit="batch",
+        initial=state.next_batch, leave=False, disable=not (cfg.progress and d.main), unit="batch",
     )  # fmt: skip
     b = state.next_batch
     for b in bar:
+        distributed.maybe_fail(d, (epoch - 1) * n_batches + b)
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        n = idx.numel()  # the global batch; the draw is made for all of it, on every rank
+        choice = net.draw(n, generator, cfg.per_sample) if n_choices(net) else None
+        idx, choice = distributed.shard(idx, d), distributed.shard(choice, d)
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-        loss = F.nll_loss(forward(model, xb, generator, cfg.per_sample), yb)
+        out = model(xb) if choice is None else model(xb, choice)
+        if d.enabled:
+            nll = F.nll_loss(out, yb, reduction="sum")
+            loss = nll * (d.world / n)
+        else:
+            loss = F.nll_loss(out, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # Accumulated on the device: no host sync per step.
-        loss_sum += loss.detach().double() * yb.shape[0]
+        loss_sum += nll.detach().double() if d.enabled else loss.detach().double() * yb.shape[0]
         seen += yb.shape[0]
-        if cfg.progress and b % 50 == 0:
+        if cfg.progress and d.main and b % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if stop is not None and stop.requested:
             b += 1
@@ -400,6 +423,9 @@ def train(
     bar.close()
     state.next_batch = b
     state.loss_sum, state.seen = float(loss_sum), seen
+    if d.enabled:  # each rank started from its own share (rank 0 holds a resumed partial sum)
+        total_loss, total_seen = distributed.all_sum([state.loss_sum, seen], d, x.device)
+        state.loss_sum, state.seen = total_loss, int(total_seen)
     state.seconds += time.perf_counter() - t0
     return state
 
@@ -412,6 +438,7 @@ def evaluate(
     cfg: Config,
     choice: int | None = None,
     generator: torch.Generator | None = None,
+    d: Dist = SINGLE,
 ) -> dict[str, Any]:
     """Test-set metrics for x [M, 784], y [M], in batches of cfg.test_batch_size.
 
@@ -419,21 +446,33 @@ def evaluate(
     a draw from `generator`, as the tutorial's test did. Returns loss (mean NLL), correct, total,
     accuracy (%), impossible (predictions >= 10, faithful branch net) and, for the halting net,
     a histogram of halting steps.
+
+    Distributed (`d.enabled`; pass the unwrapped model): each rank runs its slice of every test
+    batch with the draw made for the whole batch, and the sums are all-reduced, so every rank
+    returns the metrics one process would.
     """
     model.eval()
     loss, correct, impossible = 0.0, 0, 0
     steps_hist = torch.zeros(getattr(model, "max_steps", 0) + 1, dtype=torch.long)
     for i in range(0, x.shape[0], cfg.test_batch_size):
         xb, yb = x[i : i + cfg.test_batch_size], y[i : i + cfg.test_batch_size]
+        c: int | Tensor | None = choice
+        if c is None and n_choices(model) and d.enabled:  # draw for the whole batch
+            c = model.draw(xb.shape[0], generator, cfg.per_sample)
+        xb, yb, c = distributed.shard(xb, d), distributed.shard(yb, d), distributed.shard(c, d)
         if isinstance(model, HaltingNet):
             out, steps = model(xb, return_steps=True)
             steps_hist += torch.bincount(steps.cpu(), minlength=steps_hist.numel())
         else:
-            out = forward(model, xb, generator, cfg.per_sample, choice)
+            out = forward(model, xb, generator, cfg.per_sample, c)
         loss += F.nll_loss(out, yb, reduction="sum").item()
         pred = out.argmax(dim=1)
         correct += int((pred == yb).sum())
         impossible += int((pred >= 10).sum())
+    if d.enabled:
+        sums = distributed.all_sum([loss, correct, impossible, *steps_hist.tolist()], d, x.device)
+        loss, correct, impossible = sums[0], int(sums[1]), int(sums[2])
+        steps_hist = torch.tensor([int(v) for v in sums[3:]], dtype=torch.long)
     total = x.shape[0]
     result: dict[str, Any] = {
         "loss": loss / max(total, 1),
@@ -458,14 +497,15 @@ def report_line(loss: float, correct: int, total: int) -> str:
 
 
 def epoch_metrics(
-    model: nn.Module, data: MnistTensors, cfg: Config, epoch: int, state: EpochState
-) -> dict[str, Any]:
+    model: nn.Module, data: MnistTensors, cfg: Config, epoch: int, state: EpochState,
+    d: Dist = SINGLE,
+) -> dict[str, Any]:  # fmt: skip
     """Evaluate after an epoch: the tutorial's random-draw test, then each depth/branch fixed."""
     # A fresh generator per evaluation: the test draws are the same every epoch and on resume.
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    test = evaluate(model, data.x_test, data.y_test, cfg, generator=g)
+    test = evaluate(model, data.x_test, data.y_test, cfg, generator=g, d=d)
     per_choice = {
-        str(c): evaluate(model, data.x_test, data.y_test, cfg, choice=c)["accuracy"]
+        str(c): evaluate(model, data.x_test, data.y_test, cfg, choice=c, d=d)["accuracy"]
         for c in range(n_choices(model))
     }
     return {
@@ -628,7 +668,25 @@ def run(cfg: Config) -> dict[str, Any]:
     Returns {"history": [per-epoch metrics], "final": last epoch's metrics or None,
     "out": output folder}. Raises DataError / CheckpointError / UsageError; SystemExit(130) on
     Ctrl-C after saving a checkpoint that --resume continues from.
+
+    Under torchrun (WORLD_SIZE > 1) it runs as one rank of a DistributedDataParallel job; see
+    `scaleout`. Only rank 0 prints and writes files; a rank that raises says so on
+    stderr and exits non-zero, and torchrun stops the others.
     """
+    d = distributed.from_env()
+    try:
+        result = _run(cfg, d)
+    except BaseException as e:
+        if d.enabled and not (isinstance(e, SystemExit) and e.code in (0, None)):
+            print(f"rank {d.rank} of {d.world} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        raise  # without tearing the group down: a peer may be dead; torchrun ends the rest
+    distributed.close()
+    return result
+
+
+def _run(cfg: Config, d: Dist) -> dict[str, Any]:
+    """`run` for one process (d.world == 1) or for rank d.rank of a torchrun job."""
+    say = print if d.main else (lambda *a, **k: None)
     for name in ("epochs", "batch_size", "test_batch_size"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -640,17 +698,21 @@ def run(cfg: Config) -> dict[str, Any]:
             test_size=cfg.test_size or 256,
         )  # fmt: skip
     device = pick_device(cfg.device)
+    if d.enabled and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", d.local_rank)  # one GPU per process
+    distributed.init(d, device, cfg.dist_timeout)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
 
-    data = get_data(cfg).to(device)
-    print(
+    data = get_data(cfg, verbose=d.main).to(device)
+    ranks = f" ranks={d.world} (batch {cfg.batch_size // d.world} each)" if d.enabled else ""
+    say(
         f"net={cfg.net} per_sample={cfg.per_sample} faithful={cfg.faithful} device={device} "
         f"threads={torch.get_num_threads()} data={data.source} "
-        f"train={data.x_train.shape[0]} test={data.x_test.shape[0]}"
+        f"train={data.x_train.shape[0]} test={data.x_test.shape[0]}{ranks}"
     )
     if cfg.net == "halting" and cfg.per_sample:
-        print("note: the halting net draws nothing; each sample always stops on its own")
+        say("note: the halting net draws nothing; each sample always stops on its own")
 
     torch.manual_seed(cfg.seed)  # the weights
     model = build_model(cfg).to(device)
@@ -675,18 +737,30 @@ def run(cfg: Config) -> dict[str, Any]:
         epochs_done, history = ckpt["epoch"], list(ckpt["history"])
         if ckpt["partial"] is not None:
             state = EpochState(**ckpt["partial"])
+            if not d.main:  # the partial sums are counted once, on rank 0
+                state.loss_sum, state.seen = 0.0, 0
         where = f" (+{state.next_batch} batches)" if state else ""
-        print(f"resumed from {ckpt_path}: {epochs_done} epochs done{where}")
+        say(f"resumed from {ckpt_path}: {epochs_done} epochs done{where}")
     elif cfg.resume:
-        print(f"no checkpoint at {ckpt_path}; starting from scratch")
+        say(f"no checkpoint at {ckpt_path}; starting from scratch")
 
-    live = LiveLoss(cfg.livelossplot)
+    # DDP broadcasts rank 0's weights and averages gradients; a pass may skip layers (depth 0,
+    # a branch, an early halt), hence find_unused_parameters. Checkpoints hold `model` itself.
+    trained: nn.Module = model
+    if d.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    live = LiveLoss(cfg.livelossplot and d.main)
     title = f"{cfg.net} net{' (faithful)' if cfg.faithful else ''} on {data.source}"
-    with GracefulInterrupt() as stop:
+    # Distributed: no graceful Ctrl-C (ranks would stop at different batches); Ctrl-C ends the
+    # job and --resume continues from the last epoch checkpoint.
+    interrupt = contextlib.nullcontext(GracefulInterrupt()) if d.enabled else GracefulInterrupt()
+    with interrupt as stop:
         for epoch in range(epochs_done + 1, cfg.epochs + 1):
             state = train(
-                model, optimizer, data.x_train, data.y_train, cfg, epoch, generator, state, stop
-            )
+                trained, optimizer, data.x_train, data.y_train, cfg, epoch, generator, state,
+                stop, d,
+            )  # fmt: skip
             if not state.done(cfg.batch_size):  # Ctrl-C: save the partial epoch and leave
                 save_checkpoint(
                     ckpt_path,
@@ -696,21 +770,22 @@ def run(cfg: Config) -> dict[str, Any]:
                 )
                 print(f"\ninterrupted in epoch {epoch}: saved {ckpt_path}; continue with --resume")
                 raise SystemExit(130)
-            m = epoch_metrics(model, data, cfg, epoch, state)
+            m = epoch_metrics(model, data, cfg, epoch, state, d)
             history.append(m)
-            print_epoch(m, cfg)
-            live.update(m)
             state = None
-            save_checkpoint(
-                ckpt_path,
-                _checkpoint_payload(cfg, epoch, None, model, optimizer, generator, history),
-            )
-            write_metrics(out, cfg, history, data.source)
-            plot_curves(out / CURVES, history, title)
+            if d.main:
+                print_epoch(m, cfg)
+                live.update(m)
+                save_checkpoint(
+                    ckpt_path,
+                    _checkpoint_payload(cfg, epoch, None, model, optimizer, generator, history),
+                )
+                write_metrics(out, cfg, history, data.source)
+                plot_curves(out / CURVES, history, title)
             if stop.requested:  # Ctrl-C during the test: the epoch checkpoint is saved
                 print(f"interrupted after epoch {epoch}: saved {ckpt_path}; continue with --resume")
                 raise SystemExit(130)
-    if history and epochs_done >= cfg.epochs:  # resumed a finished run: refresh the outputs
+    if history and epochs_done >= cfg.epochs and d.main:  # resumed a finished run: refresh
         write_metrics(out, cfg, history, data.source)
         plot_curves(out / CURVES, history, title)
     return {"history": history, "final": history[-1] if history else None, "out": str(out)}

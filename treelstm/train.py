@@ -17,6 +17,7 @@ This is the only module of the library that parses argv, prints, plots or writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,7 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+
+import scaleout as distributed
+from scaleout import SINGLE, Dist
 
 from . import datasets as ds
 from .cells import ChildSumCell, NaryCell
@@ -75,6 +80,7 @@ class TrainConfig:
     download: bool = True  # may download SST when no data folder is given
     progress: bool = True  # tqdm progress bars
     step_delay: float = 0.0  # seconds to sleep after each step (tests: a run slow to kill)
+    dist_timeout: float = 600.0  # torchrun: seconds a rank waits for a dead or stalled peer
 
     def resolved(self) -> TrainConfig:
         """A copy with the task-dependent defaults (None) filled in, checked."""
@@ -323,7 +329,8 @@ def _loss(cfg: TrainConfig, model: nn.Module, batch) -> torch.Tensor:
             logits, labels, ignore_index=-1, reduction="sum"
         ) / batch.batch_size
     a, b, scores = batch
-    return relatedness_loss(model(a, b), scores) / model.num_classes
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    return relatedness_loss(model(a, b), scores) / net.num_classes
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -357,19 +364,24 @@ def spearman(x, y) -> float:
 
 
 @torch.no_grad()
-def evaluate(cfg: TrainConfig, model: nn.Module, data: list, vocab, device) -> dict:
+def evaluate(
+    cfg: TrainConfig, model: nn.Module, data: list, vocab, device, d: Dist = SINGLE
+) -> dict:
     """Metrics of ``model`` on ``data`` (a resolved config says the task).
 
     SST fine: accuracy at the root (and at every node). SST binary (reference protocol): roots
     labelled neutral are skipped, the prediction is negative when the negative score beats the
     positive one, else positive. SICK: Pearson r, Spearman rho and MSE of the expected score.
+
+    Distributed (`d.enabled`; pass the unwrapped model): rank r runs batches r, r + world, ...
+    and the outputs are gathered, so every rank returns the metrics of the whole of ``data``.
     """
     was_training = model.training
     model.eval()
     batches = [
         list(range(i, min(i + cfg.eval_batch_size, len(data))))
         for i in range(0, len(data), cfg.eval_batch_size)
-    ]
+    ][d.rank :: d.world]
     loader = _loader(dataclasses.replace(cfg, workers=0), data, vocab, batches, device)
     loss_sum = 0.0
     try:
@@ -382,10 +394,10 @@ def evaluate(cfg: TrainConfig, model: nn.Module, data: list, vocab, device) -> d
                 root_labels.append(batch.labels[batch.roots].cpu())
                 node_logits.append(logits.cpu())
                 node_labels.append(batch.labels.cpu())
-            return sentiment_metrics(
-                torch.cat(root_logits), torch.cat(root_labels), cfg.mode,
-                torch.cat(node_logits), torch.cat(node_labels),
-            )
+            outs = [root_logits, root_labels, node_logits, node_labels]
+            gathered = zip(*distributed.gather(outs, d), strict=True)  # one list per rank
+            outs = [torch.cat([t for part in o for t in part]) for o in gathered]
+            return sentiment_metrics(outs[0], outs[1], cfg.mode, outs[2], outs[3])
         preds, golds = [], []
         for batch in loader:
             a, b, scores = _to(batch, device)
@@ -393,8 +405,10 @@ def evaluate(cfg: TrainConfig, model: nn.Module, data: list, vocab, device) -> d
             loss_sum += float(relatedness_loss(logp, scores)) * scores.shape[0]
             preds.append(model.expected_score(logp).double().cpu())
             golds.append(scores.double().cpu())
-        p = torch.cat(preds).numpy()
-        g = torch.cat(golds).numpy()
+        parts = distributed.gather((preds, golds, loss_sum), d)
+        p = torch.cat([t for part in parts for t in part[0]]).numpy()
+        g = torch.cat([t for part in parts for t in part[1]]).numpy()
+        loss_sum = sum(part[2] for part in parts)
         return {
             "pearson": pearson(p, g),
             "spearman": spearman(p, g),
@@ -462,7 +476,7 @@ class _StopFlag:
 
 _RESUME_MAY_DIFFER = {
     "out", "data_dir", "epochs", "device", "threads", "workers", "resume", "progress",
-    "download", "step_delay", "eval_batch_size",
+    "download", "step_delay", "eval_batch_size", "dist_timeout",
 }  # fmt: skip
 
 
@@ -479,12 +493,33 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     Raises `TrainingError` (NaN loss, bad checkpoint), `datasets.DataNotFound` (no data) and
     `KeyboardInterrupt` after saving when interrupted with Ctrl-C.
+
+    Under torchrun (WORLD_SIZE > 1) this process is one rank of a DistributedDataParallel job
+    (see `scaleout`): --batch-size is the global batch, each rank takes its share
+    of every batch, metrics are reduced over the ranks, only rank 0 logs and writes files, and
+    a rank that raises says so on stderr (torchrun then stops the others).
     """
+    d = distributed.from_env()
+    try:
+        metrics = _train(cfg, log if d.main else (lambda *a, **k: None), d)
+    except BaseException as e:
+        if d.enabled and not isinstance(e, KeyboardInterrupt):
+            print(f"rank {d.rank} of {d.world} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        raise  # without tearing the group down: a peer may be dead; torchrun ends the rest
+    distributed.close()
+    return metrics
+
+
+def _train(cfg: TrainConfig, log, d: Dist) -> dict:
+    """`train` for one process, or for rank d.rank of a torchrun job."""
     t_start = time.perf_counter()
     cfg = cfg.resolved()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _pick_device(cfg.device)
+    if d.enabled and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", d.local_rank)  # one GPU per process
+    distributed.init(d, device, cfg.dist_timeout)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -524,6 +559,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         torch.set_rng_state(state["rng"])
         epoch, step = state["epoch"], state["step"]
         loss_sum, history, best = state["loss_sum"], state["history"], state["best"]
+        if not d.main:  # a partial epoch's loss is counted once, on rank 0
+            loss_sum = 0.0
         wall_before = state["wall_time"]
         where = f"{epoch} epochs done" + (f", {step} steps into epoch {epoch + 1}" if step else "")
         log(f"resumed from {last_path}: {where}")
@@ -549,15 +586,36 @@ def train(cfg: TrainConfig, log=print) -> dict:
     metric = primary_metric(cfg.task)
     n_train = len(data.train)
     model.train()
-    with _StopFlag() as stop:
+    # DDP broadcasts rank 0's weights and averages the gradients over the ranks. Checkpoints
+    # hold `model` itself, so they load in any world size.
+    trained: nn.Module = model
+    if d.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        # Every parameter gets a gradient each step: the fused level kernel returns one for U
+        # even for a share without internal nodes (and frozen embeddings are not parameters DDP
+        # syncs), so DDP needs no extra graph traversal.
+        trained = DistributedDataParallel(model, device_ids=ids)
+    # Distributed: no graceful Ctrl-C (ranks would stop at different steps); --resume restarts
+    # from the last epoch's last.pt.
+    stop_flag = contextlib.nullcontext(_StopFlag()) if d.enabled else _StopFlag()
+    with stop_flag as stop:
         while epoch < cfg.epochs:
             t_epoch = time.perf_counter()
             batches = _epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)
-            loader = _loader(cfg, data.train, data.vocab, batches[step:], device)
+            # This rank's share of each global batch, and the weight that makes DDP's mean over
+            # ranks the gradient of the whole batch's loss (0 for an empty share: the rank
+            # then runs one tree of the batch for nothing, as DDP needs every rank to step).
+            mine = [distributed.shard(b, d) for b in batches]
+            weights = [len(m) * d.world / len(b) for m, b in zip(mine, batches, strict=True)]
+            mine = [m or b[:1] for m, b in zip(mine, batches, strict=True)]
+            loader = _loader(cfg, data.train, data.vocab, mine[step:], device)
             bar = _progress(cfg, loader, len(batches), step, f"epoch {epoch + 1}/{cfg.epochs}")
             for batch in bar:
+                distributed.maybe_fail(d, epoch * len(batches) + step)
                 batch = _to(batch, device)
-                loss = _loss(cfg, model, batch)
+                loss = _loss(cfg, trained, batch)
+                if d.enabled:
+                    loss = loss * weights[step]
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: "
@@ -570,10 +628,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 optim.step()
                 if emb_optim is not None:
                     emb_optim.step()
-                loss_sum += float(loss.detach())
+                loss_sum += float(loss.detach()) / d.world  # summed over the ranks below
                 step += 1
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_sum / step:.4f}", refresh=False)
+                if hasattr(bar, "set_postfix"):  # rank 0's share, scaled: an estimate
+                    bar.set_postfix(loss=f"{loss_sum * d.world / step:.4f}", refresh=False)
                 if cfg.step_delay:
                     time.sleep(cfg.step_delay)
                 if stop.set and step < len(batches):
@@ -581,7 +639,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     log(f"interrupted: saved {last_path} (epoch {epoch + 1}, step {step}); "
                         "run again with --resume to continue")
                     raise KeyboardInterrupt
-            dev = evaluate(cfg, model, data.dev, data.vocab, device)
+            (loss_sum,) = distributed.all_sum([loss_sum], d, device)
+            dev = evaluate(cfg, model, data.dev, data.vocab, device, d)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(len(batches), 1),
@@ -592,13 +651,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
             improved = dev[metric] > best["value"]
             if improved:
                 best = {"epoch": epoch + 1, "value": dev[metric]}
+            if improved and d.main:
                 atomic_save(
                     {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1,
                      "model": model.state_dict(), "dev": dev},
                     best_path,
                 )
             epoch, step, loss_sum = epoch + 1, 0, 0.0
-            atomic_save(snapshot(epoch, 0, 0.0), last_path)
+            if d.main:
+                atomic_save(snapshot(epoch, 0, 0.0), last_path)
             log(
                 f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, dev "
                 + _fmt(dev)
@@ -609,9 +670,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 log(f"interrupted: saved {last_path}; run again with --resume to continue")
                 raise KeyboardInterrupt
 
+    distributed.barrier(d)  # rank 0 has written best.pt
     if best_path.exists():
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    test = evaluate(cfg, model, data.test, data.vocab, device)
+    test = evaluate(cfg, model, data.test, data.vocab, device, d)
     wall = wall_before + time.perf_counter() - t_start
     metrics = {
         "config": asdict(cfg),
@@ -624,8 +686,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "vocab_size": len(data.vocab),
         "data": data.note,
     }
-    _write_json(out / "metrics.json", metrics)
-    _plot(history, cfg, out / "curves.png")
+    if d.main:
+        _write_json(out / "metrics.json", metrics)
+        _plot(history, cfg, out / "curves.png")
     log(f"test (best dev epoch {best['epoch']}): {_fmt(test)}; wall {wall:.1f}s -> {out}")
     return metrics
 
