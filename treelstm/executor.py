@@ -255,7 +255,8 @@ class _ChildSumLevels(torch.autograd.Function):
     """xw [N, (m+1)H], U [(m+1)H, H], parent [N] (N = none) -> h, c [N, H].
 
     Forward, per level: gates; then every non-root node pushes U_iou h into its parent's
-    pre-activations and f*c (f = sigmoid(W_f x_parent + U_f h)) into its parent's cell sum.
+    pre-activations and f*c (f = sigmoid(W_f x_parent + U_f h)) into its parent's cell sum,
+    both with one index_add_.
     Backward, per level from the top: one gather of the parents' gradients [dc | d_iou] gives
     both the edge's forget-gate gradient and the d z that flows through U to the child.
     """
@@ -267,11 +268,15 @@ class _ChildSumLevels(torch.autograd.Function):
         G = U.shape[0]
         nm = n_main * H
         with torch.no_grad():
-            P = xw.new_empty(N + 1, G)  # [pre-activations i,o,u (accumulating) | W_f x + b_f]
-            P[:N] = xw
+            # Per node, accumulated from its children: [pre-activations i,o,u | sum_k f_k c_k];
+            # row N is the dummy parent of the roots.
+            P = xw.new_empty(N + 1, G)
+            P[:N, :nm] = xw[:, :nm]
+            P[:N, nm:] = 0
             P[N] = 0
-            pre, xf = P[:, :nm], P[:, nm:]
-            fc = xw.new_zeros(N + 1, H)
+            pre, fc = P[:, :nm], P[:, nm:]
+            # W_f x + b_f of each node's parent, gathered for all edges at once (roots: any row).
+            xf_parent = xw[:, nm:].index_select(0, torch.where(parent < N, parent, 0))
             act = xw.new_empty(N, nm)
             c_all = xw.new_empty(N, H)
             tc_all = xw.new_empty(N, H)
@@ -286,12 +291,10 @@ class _ChildSumLevels(torch.autograd.Function):
                 )
                 if l == L - 1:
                     break  # the top level holds roots only
-                p = parent[s:e]
-                z = torch.mm(h_all[s:e], Ut)
-                pre.index_add_(0, p, z[:, :nm])
-                f = f_all[s:e]
-                torch.add(z[:, nm:], xf.index_select(0, p), out=f).sigmoid_()
-                fc.index_add_(0, p, f * c_all[s:e])
+                z = torch.mm(h_all[s:e], Ut)  # [U_iou h | U_f h]
+                f = torch.add(z[:, nm:], xf_parent[s:e], out=f_all[s:e]).sigmoid_()
+                torch.mul(f, c_all[s:e], out=z[:, nm:])  # -> [U_iou h | f c]
+                P.index_add_(0, parent[s:e], z)  # one push of both into the parents' rows
         ctx.save_for_backward(U, parent, act, c_all, tc_all, h_all, f_all)
         ctx.meta = (bounds, n_main)
         return h_all, c_all
@@ -333,8 +336,9 @@ class _ChildSumLevels(torch.autograd.Function):
                 dc = torch.addcmul(dc, dcp, f)
                 dcp.mul_(kf[s:e])  # -> d(forget pre-activation) of the edge
                 dh = torch.addmm(dh, dz, U_fi)
-                D[:, H + nm :].index_add_(0, p, dcp)
             _gates_backward(kc[s:e], kx[s:e], dh, dc, D[s:e, H : H + nm], D[s:e, :H])
+        # d (W_f x + b_f) of a parent: the sum of its edges' forget-gate gradients, in one go.
+        D[:, H + nm :].index_add_(0, parent, dz_all[:, :H])
         d_xw = D[:N, H:]
         d_U_fi = dz_all.t() @ h_all
         d_U = torch.cat([d_U_fi[H:], d_U_fi[:H]])
