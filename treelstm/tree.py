@@ -231,15 +231,7 @@ class Tree:
 
     def leaves(self) -> list[Tree]:
         """The leaves, left to right."""
-        out = []
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            if node.children:
-                stack.extend(reversed(node.children))
-            else:
-                out.append(node)
-        return out
+        return [node for node in self.preorder() if not node.children]
 
     def words(self) -> list[str | None]:
         """The leaves' words, left to right: the sentence of a constituency tree.
