@@ -20,6 +20,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from dynamic.train import main as _main
+from scaleout import exit_process
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -29,3 +30,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # under torchrun: skip a teardown that can abort (see scaleout.exit_process)

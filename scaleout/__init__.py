@@ -16,15 +16,17 @@ process exactly (DDP averages gradients), a short or uneven last batch included.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["FAIL_ENV", "SINGLE", "Dist", "all_sum", "barrier", "close", "from_env", "gather",
-           "init", "maybe_fail", "shard"]  # fmt: skip
+__all__ = ["FAIL_ENV", "SINGLE", "Dist", "all_sum", "barrier", "close", "exit_process",
+           "from_env", "gather", "init", "maybe_fail", "shard"]  # fmt: skip
 
 FAIL_ENV = "SCALEOUT_FAIL_AT"  # tests of teardown: see maybe_fail
 
@@ -73,6 +75,30 @@ def close() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """The last statement of a training script's `__main__` block: `sys.exit(code)` in a single
+    process; in a torchrun worker, flush stdout/stderr and `os._exit(code)`, skipping the
+    interpreter's teardown.
+
+    Why: in torch 2.14 a DistributedDataParallel model keeps the gloo process group alive after
+    `destroy_process_group` (its worker threads are never joined). When such a thread frees a
+    finished collective that holds a Python-owned tensor while the interpreter is finalizing,
+    it needs the GIL, is terminated instead, and the C++ runtime aborts the process
+    ("terminate called without an active exception", SIGABRT) -- torchrun then reports a run
+    that finished and wrote everything as failed. Measured on 2 busy cores: about 1 run in 10.
+    Nothing is lost by skipping the teardown: by then `close` has synchronised the ranks and
+    every file was written atomically and closed.
+    """
+    if not from_env().enabled:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
+            pass
+    os._exit(code)
 
 
 def shard(batch, d: Dist):
