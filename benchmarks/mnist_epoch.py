@@ -46,13 +46,13 @@ from dynamic.train import (
     MNIST_STD,
     Config,
     DataError,
-    atomic_write_bytes,
     evaluate,
     load_mnist,
     report_line,
     resolve_data_dir,
     train,
 )
+from scaleout import atomic_write
 
 STRATEGIES = ("tutorial", "ours", "ours-faithful")
 WARMUP_BATCHES = 20
@@ -252,7 +252,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax = fig.subplots()
     ax.bar(names, [doc["strategies"][n]["median_epoch_seconds"] for n in names])
     ax.set(ylabel="seconds per epoch (median)", title="MNIST random-depth net, one epoch")
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(doc))
     if args.json:
         text = json.dumps(doc, indent=2)
-        atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
+        atomic_write(args.json, lambda f: f.write(text.encode()))
     if args.plot:
         plot(doc, args.plot)
     return doc

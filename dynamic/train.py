@@ -542,25 +542,9 @@ def print_epoch(m: dict[str, Any], cfg: Config) -> None:
 # ----------------------------------------------------------------------------- files
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via `write(file)` to a temp file in the same folder, fsync, then os.replace:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save `payload` atomically."""
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    distributed.atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -584,7 +568,7 @@ def write_metrics(out: Path, cfg: Config, history: list[dict[str, Any]], source:
     """metrics.json: the config, the data source and one record per epoch."""
     doc = {"config": asdict(cfg), "data": source, "epochs": history}
     text = json.dumps(doc, indent=2)
-    atomic_write_bytes(out / METRICS, lambda f: f.write(text.encode()))
+    distributed.atomic_write(out / METRICS, lambda f: f.write(text.encode()))
 
 
 def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
@@ -605,7 +589,7 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    distributed.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 class LiveLoss:

@@ -1,6 +1,6 @@
 """Multi-process training on torch.distributed, as launched by `torchrun` — the few pieces the
 `treelstm` and `dynamic` training scripts share (a package of its own, so that those two never
-import each other).
+import each other), among them the atomic file write their rank 0 saves everything with.
 
 Distributed mode is read from torchrun's environment (WORLD_SIZE > 1, RANK, LOCAL_RANK,
 MASTER_ADDR/PORT); without it everything here does nothing and a run is single-process. Backend
@@ -18,15 +18,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn
+from pathlib import Path
+from typing import BinaryIO, NoReturn
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["FAIL_ENV", "SINGLE", "Dist", "all_sum", "barrier", "close", "exit_process",
-           "from_env", "gather", "init", "maybe_fail", "shard"]  # fmt: skip
+__all__ = ["FAIL_ENV", "SINGLE", "Dist", "all_sum", "atomic_write", "barrier", "close",
+           "exit_process", "from_env", "gather", "init", "maybe_fail", "shard"]  # fmt: skip
 
 FAIL_ENV = "SCALEOUT_FAIL_AT"  # tests of teardown: see maybe_fail
 
@@ -132,6 +134,24 @@ def gather(obj, d: Dist) -> list:
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(f)` into a temporary file beside `path`, fsync, then rename it over `path`: a
+    reader, or a job that torchrun kills mid-write, sees the old file or the new one, never
+    half of one. Creates the folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def maybe_fail(d: Dist, step: int) -> None:

@@ -119,19 +119,8 @@ class TrainingError(RuntimeError):
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then rename over ``path``: a
-    reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save that a crash or a kill never leaves half-written (`scaleout.atomic_write`)."""
+    distributed.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path) -> dict:
@@ -616,9 +605,12 @@ def _train(cfg: TrainConfig, log, d: Dist) -> dict:
                 loss = _loss(cfg, trained, batch)
                 if d.enabled:
                     loss = loss * weights[step]
-                if not torch.isfinite(loss):
+                # The step's one read of a device value: made before backward, so on a GPU
+                # the backward and update still run while the CPU fetches the next batch.
+                value = float(loss.detach())
+                if not math.isfinite(value):
                     raise TrainingError(
-                        f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: "
+                        f"loss is {value} at epoch {epoch + 1}, step {step + 1}: "
                         f"training stopped (try a lower --lr); the last good state is {last_path}"
                     )
                 optim.zero_grad(set_to_none=True)
@@ -628,7 +620,7 @@ def _train(cfg: TrainConfig, log, d: Dist) -> dict:
                 optim.step()
                 if emb_optim is not None:
                     emb_optim.step()
-                loss_sum += float(loss.detach()) / d.world  # summed over the ranks below
+                loss_sum += value / d.world  # summed over the ranks below
                 step += 1
                 if hasattr(bar, "set_postfix"):  # rank 0's share, scaled: an estimate
                     bar.set_postfix(loss=f"{loss_sum * d.world / step:.4f}", refresh=False)
@@ -639,13 +631,17 @@ def _train(cfg: TrainConfig, log, d: Dist) -> dict:
                     log(f"interrupted: saved {last_path} (epoch {epoch + 1}, step {step}); "
                         "run again with --resume to continue")
                     raise KeyboardInterrupt
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the last step's backward and update
+            train_s = time.perf_counter() - t_epoch
             (loss_sum,) = distributed.all_sum([loss_sum], d, device)
             dev = evaluate(cfg, model, data.dev, data.vocab, device, d)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(len(batches), 1),
                 "dev": dev,
-                "epoch_time_s": time.perf_counter() - t_epoch,
+                "train_time_s": train_s,  # this run's steps (a resumed epoch: the rest of it)
+                "epoch_time_s": time.perf_counter() - t_epoch,  # with the dev evaluation
             }
             history.append(record)
             improved = dev[metric] > best["value"]
@@ -664,7 +660,8 @@ def _train(cfg: TrainConfig, log, d: Dist) -> dict:
                 f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, dev "
                 + _fmt(dev)
                 + (" (best)" if improved else "")
-                + f", {record['epoch_time_s']:.1f}s"
+                + f", {record['train_time_s']:.1f}s training + "
+                f"{record['epoch_time_s'] - record['train_time_s']:.1f}s evaluation"
             )
             if stop.set:
                 log(f"interrupted: saved {last_path}; run again with --resume to continue")
