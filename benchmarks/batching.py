@@ -12,7 +12,11 @@ level loop costs.
 
     python -m benchmarks.batching [--trees sst|synthetic|PATH] [--data-dir D]
         [--cell childsum,nary] [--batch-sizes 1,25,256] [--hidden 150] [--emb 300]
-        [--threads 2] [--check] [--quick] [--json out.json] [--plot out.png]
+        [--threads 2] [--device auto|cpu|cuda] [--check] [--quick] [--json out.json]
+        [--plot out.png]
+
+On a GPU, schedules are built on the CPU and copied from pinned memory without blocking (that
+time is the "schedule" column), and each timed step ends with a device synchronisation.
 """
 
 from __future__ import annotations
@@ -77,9 +81,18 @@ def load_trees(spec: str, data_dir: str | None) -> tuple[list[Tree], str]:
 
 # -- one training-like step per strategy ----------------------------------------------------
 class Bench:
-    def __init__(self, kind: str, trees: list[Tree], hidden: int, emb: int, seed: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        trees: list[Tree],
+        hidden: int,
+        emb: int,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         torch.manual_seed(seed)
         self.kind = kind
+        self.device = torch.device(device)
         self.vocab: dict[str, int] = {}
         for t in trees:
             for w in t.flat().words:
@@ -94,15 +107,26 @@ class Bench:
         self.emb = torch.randn(len(self.vocab) + 1, emb) * 0.1  # frozen; last row = no word
         self.emb[-1] = 0
         self.head = torch.nn.Linear(hidden, 5)
+        self.cell.to(self.device)
+        self.head.to(self.device)
+        self.emb = self.emb.to(self.device)
         self.params = [*self.cell.parameters(), *self.head.parameters()]
         self._const: torch.Tensor | None = None  # the oracle's stand-in child states
 
     def schedule(self, trees):
-        return build_schedule(trees, self.vocab, n_ary=self.n_ary)
+        s = build_schedule(trees, self.vocab, n_ary=self.n_ary)
+        if self.device.type == "cuda":
+            s = s.pin_memory().to(self.device, non_blocking=True)
+        return s
+
+    def sync(self) -> None:
+        """Wait for the device (a no-op on the CPU), so a timer sees finished work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def targets(self, s):
         if s.labels is None:
-            return torch.zeros(s.num_nodes, dtype=torch.long)
+            return torch.zeros(s.num_nodes, dtype=torch.long, device=self.device)
         return s.labels.clamp(0, 4)
 
     def step(self, s, strategy: str) -> torch.Tensor:
@@ -125,7 +149,7 @@ class Bench:
         if self.n_ary is not None and ch.shape[1] < self.n_ary:
             ch = torch.cat([ch, ch.new_full((N, self.n_ary - ch.shape[1]), -1)], dim=1)
         if self._const is None or self._const.shape[0] < N + 1:  # drawn once, not timed
-            self._const = torch.rand(N + 1, H) - 0.5
+            self._const = torch.rand(N + 1, H, device=self.device) - 0.5
         const = self._const
         slots = torch.where(ch >= 0, ch, N)
         mask = ch >= 0
@@ -136,13 +160,15 @@ class Bench:
         return torch.cat([h0, h1])
 
 
-def timed(fn, reps: int, warmup: int = 1) -> float:
+def timed(fn, reps: int, warmup: int = 1, sync=lambda: None) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -173,7 +199,7 @@ def measure(bench: Bench, trees: list[Tree], B: int, reps: int, strategies) -> l
     def build():
         bench.schedule(batches[next(it) % n_batches])
 
-    sched_s = timed(build, reps)
+    sched_s = timed(build, reps, sync=bench.sync)
     # Round-robin over the strategies, so a burst of load elsewhere hits all of them alike.
     # Per-node recursion costs ~1 s per 5k nodes: fewer repetitions at large batches.
     slow = nodes >= 2000
@@ -186,8 +212,10 @@ def measure(bench: Bench, trees: list[Tree], B: int, reps: int, strategies) -> l
         for st in strategies:
             if k > counts[st]:
                 continue
+            bench.sync()
             t = time.perf_counter()
             bench.step(scheds[k % n_batches], st)
+            bench.sync()
             if k:
                 times[st].append(time.perf_counter() - t)
     rows = []
@@ -278,6 +306,7 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=150)
     p.add_argument("--emb", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda (or cuda:N), or auto")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions (median reported)")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--check", action="store_true", help="first compare strategies (1e-4)")
@@ -287,6 +316,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device: expected cpu, cuda, cuda:N or auto, got {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device: expected cpu, cuda, cuda:N or auto, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device here")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     cells = [c.strip() for c in args.cell.split(",")]
     for c in cells:
         if c not in ("childsum", "nary"):
@@ -305,13 +345,13 @@ def main(argv=None) -> int:
     random.Random(0).shuffle(trees)
     print(
         f"trees: {source}; {len(trees)} trees; hidden {args.hidden}, emb {args.emb}, "
-        f"{args.threads} threads, median of {reps} repetitions"
+        f"{args.threads} threads, device {where}, median of {reps} repetitions"
     )
 
     rows = []
     worst = 0.0
     for kind in cells:
-        bench = Bench(kind, trees, args.hidden, args.emb)
+        bench = Bench(kind, trees, args.hidden, args.emb, device=device)
         if args.check:
             worst = max(worst, check(bench, trees[:25]))
         for B in sizes:
@@ -323,6 +363,7 @@ def main(argv=None) -> int:
         "hidden": args.hidden,
         "emb": args.emb,
         "threads": args.threads,
+        "device": where,
         "torch": torch.__version__,
         "repetitions": reps,
     }
@@ -334,7 +375,7 @@ def main(argv=None) -> int:
         plot(
             rows,
             args.plot,
-            f"{source}; hidden {args.hidden}, emb {args.emb}, {args.threads} threads",
+            f"{source}; hidden {args.hidden}, emb {args.emb}, {args.threads} threads, {where}",
         )
         print(f"wrote {args.plot}")
     if args.check and worst > 1e-4:
