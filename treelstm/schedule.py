@@ -245,10 +245,6 @@ def _labels(labels: list, perm: np.ndarray) -> Tensor | None:
     return torch.from_numpy(np.array(labels, dtype=np.int64)[perm])
 
 
-def _collate(batch, vocab, n_ary):
-    return build_schedule(batch, vocab, n_ary=n_ary)
-
-
 def collate(vocab=None, *, n_ary: int | None = None) -> Callable[[Sequence[Tree]], Schedule]:
     """A picklable DataLoader ``collate_fn`` that builds the batch's schedule in the worker."""
-    return partial(_collate, vocab=vocab, n_ary=n_ary)
+    return partial(build_schedule, vocab=vocab, n_ary=n_ary)
