@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 demo: $(STAMP)
@@ -29,6 +30,7 @@ reproduce: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

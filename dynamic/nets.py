@@ -48,9 +48,7 @@ def draw_choices(
     on the generator's device.
     """
     if per_sample:
-        return torch.randint(
-            n_choices, (batch_size,), generator=generator, device=generator.device
-        )
+        return torch.randint(n_choices, (batch_size,), generator=generator, device=generator.device)
     return int(torch.randint(n_choices, (1,), generator=generator, device=generator.device))
 
 

@@ -28,7 +28,7 @@ def test_reproduce_dry_run_writes_the_table_and_skips_finished_runs(task, tmp_pa
         assert (tmp_path / protocol / "seed0" / "metrics.json").exists()
         assert (tmp_path / protocol / "seed1" / "metrics.json").exists()
         assert f"| {protocol} |" in table and "dry run: generated data" in table
-    for number in (["51.0", "88.0"] if task == "sst" else ["0.8676", "0.8083", "0.2532"]):
+    for number in ["51.0", "88.0"] if task == "sst" else ["0.8676", "0.8083", "0.2532"]:
         assert number in table
     capsys.readouterr()
     assert rp.main(args) == 0  # everything finished: nothing is trained again

@@ -63,8 +63,22 @@ def reference_run(sst_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("task", ["sst", "sick"])
 def test_dry_run_cli(task, tmp_path, capsys):
-    assert tr.main([task, "--dry-run", "--out", str(tmp_path), "--threads", "1",
-                    "--no-progress", "--data-dir", str(tmp_path / "nothing-here")]) == 0
+    assert (
+        tr.main(
+            [
+                task,
+                "--dry-run",
+                "--out",
+                str(tmp_path),
+                "--threads",
+                "1",
+                "--no-progress",
+                "--data-dir",
+                str(tmp_path / "nothing-here"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "dry run: generated data" in text and "test (best dev epoch" in text
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -242,12 +256,20 @@ def test_binary_run_trains_three_classes(tmp_path):
 def test_task_defaults_follow_the_reference():
     sst = TrainConfig(task="sst").resolved()
     assert (sst.cell, sst.input_at, sst.output_gate, sst.dropout, sst.freeze_embeddings) == (
-        "nary", "leaves", True, 0.5, False
+        "nary",
+        "leaves",
+        True,
+        0.5,
+        False,
     )
     sick = TrainConfig(task="sick").resolved()
     assert (sick.cell, sick.output_gate, sick.freeze_embeddings) == ("childsum", False, True)
     assert (sst.lr, sst.emb_lr, sst.weight_decay, sst.batch_size, sst.hidden) == (
-        0.05, 0.1, 1e-4, 25, 150
+        0.05,
+        0.1,
+        1e-4,
+        25,
+        150,
     )
     with pytest.raises(ValueError, match="childsum"):
         TrainConfig(task="sick", cell="nary").resolved()
@@ -259,7 +281,11 @@ def test_parser_is_built_from_the_config():
     )
     cfg = TrainConfig(**vars(args))
     assert (cfg.task, cfg.output_gate, cfg.batch_size, cfg.subset, cfg.dropout) == (
-        "sick", False, 7, 9, 0.1
+        "sick",
+        False,
+        7,
+        9,
+        0.1,
     )
     assert TrainConfig(**vars(tr.build_parser().parse_args(["sst"]))) == TrainConfig()
 

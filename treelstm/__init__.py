@@ -1,6 +1,6 @@
 """treelstm: Tree-LSTMs (Tai, Socher & Manning 2015) batched level by level in PyTorch.
 
-    trees -> build_schedule -> TreeLSTM(encoder) -> head
+trees -> build_schedule -> TreeLSTM(encoder) -> head
 """
 
 from .cells import ChildSumCell, NaryCell, TreeCell

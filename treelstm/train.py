@@ -279,9 +279,7 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[
 def build_model(cfg: TrainConfig, vocab_size: int, vectors: torch.Tensor | None) -> nn.Module:
     """The model of a resolved config (random init from torch's global generator)."""
     E = vectors.shape[1] if vectors is not None else cfg.emb_dim
-    switches = dict(
-        input_at=cfg.input_at, output_gate=cfg.output_gate, double_bias=cfg.double_bias
-    )
+    switches = dict(input_at=cfg.input_at, output_gate=cfg.output_gate, double_bias=cfg.double_bias)
     if cfg.cell == "nary":
         cell = NaryCell(E, cfg.hidden, n_ary=2, **switches)
     else:
@@ -314,9 +312,10 @@ def _loss(cfg: TrainConfig, model: nn.Module, batch) -> torch.Tensor:
     if cfg.task == "sst":
         logits = model(batch)
         labels = batch.labels
-        return nn.functional.cross_entropy(
-            logits, labels, ignore_index=-1, reduction="sum"
-        ) / batch.batch_size
+        return (
+            nn.functional.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+            / batch.batch_size
+        )
     a, b, scores = batch
     net = model.module if isinstance(model, DistributedDataParallel) else model
     return relatedness_loss(model(a, b), scores) / net.num_classes
@@ -628,8 +627,10 @@ def _train(cfg: TrainConfig, log, d: Dist) -> dict:
                     time.sleep(cfg.step_delay)
                 if stop.set and step < len(batches):
                     atomic_save(snapshot(epoch, step, loss_sum), last_path)
-                    log(f"interrupted: saved {last_path} (epoch {epoch + 1}, step {step}); "
-                        "run again with --resume to continue")
+                    log(
+                        f"interrupted: saved {last_path} (epoch {epoch + 1}, step {step}); "
+                        "run again with --resume to continue"
+                    )
                     raise KeyboardInterrupt
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the last step's backward and update
@@ -649,8 +650,13 @@ def _train(cfg: TrainConfig, log, d: Dist) -> dict:
                 best = {"epoch": epoch + 1, "value": dev[metric]}
             if improved and d.main:
                 atomic_save(
-                    {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1,
-                     "model": model.state_dict(), "dev": dev},
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "config": asdict(cfg),
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "dev": dev,
+                    },
                     best_path,
                 )
             epoch, step, loss_sum = epoch + 1, 0, 0.0
