@@ -390,7 +390,10 @@ def test_from_parents_keeps_heads_and_sentence_order(heads):
 def test_from_parents_hand_example():
     """'A dog runs fast': runs is the root over dog (over A) and fast, in order."""
     t = Tree.from_parents([2, 3, 0, 3], ["A", "dog", "runs", "fast"])
-    assert t == Tree(None, "runs", [Tree(None, "dog", [Tree(None, "A")]), Tree(None, "fast")])
+    # word_at: "dog" comes after its dependent "A", "runs" after "dog" and before "fast".
+    dog = Tree(None, "dog", [Tree(None, "A")], word_at=1)
+    assert t == Tree(None, "runs", [dog, Tree(None, "fast")], word_at=1)
+    assert t != Tree(None, "runs", [dog, Tree(None, "fast")])  # "runs A dog fast"
     assert Tree.from_parents(["2", "0"]) == Tree(None, None, [Tree()])
     assert Tree.from_parents(np.array([0])) == Tree()
 
@@ -533,8 +536,9 @@ def test_from_nltk_rejects_what_from_ptb_rejects():
         Tree.from_nltk(nltk.Tree("2", [nltk.Tree("", [])]))
     with pytest.raises(TypeError):
         Tree.from_nltk("(2 a)")
-    with pytest.raises(ValueError, match="both a word"):
-        Tree.from_parents([0, 1], ["a", "b"]).to_nltk()
+    with pytest.raises(ValueError, match="a dependency tree"):
+        dependency = Tree.from_parents([0, 1], ["a", "b"], labels=["root", "obj"])
+        Tree.from_nltk(dependency.to_nltk(), label_type=str)
 
 
 BAD_PARENTS = [
