@@ -69,16 +69,19 @@ def binarize(tree: Tree, factor: str = "right", *, collapse_unary: bool = False)
     """
     _check(tree, factor)
     cls = type(tree)
-    done: list[Tree] = []
+    done: list[Tree | _Chain] = []
     for node in tree.postorder():
         k = len(node.children)
         kids = done[len(done) - k :]
         del done[len(done) - k :]
         if collapse_unary and k == 1:
-            done.append(_merge(cls, node.label, kids[0]))
+            chain = kids[0] if isinstance(kids[0], _Chain) else _Chain(kids[0])
+            chain.upper.append(node.label)  # a chain grows upward without copying
+            done.append(chain)
         else:
+            kids = [_finish(cls, c) for c in kids]
             done.append(_factor(cls, node.label, node.word, kids, factor))
-    return done[0]
+    return _finish(cls, done[0])
 
 
 def unbinarize(tree: Tree) -> Tree:
@@ -93,11 +96,10 @@ def unbinarize(tree: Tree) -> Tree:
         k = len(node.children)
         parts = done[len(done) - k :]
         del done[len(done) - k :]
-        kids = _splice(parts, _base(node.label))
         if isinstance(node.label, Factored):
-            done.append(_Part(node.label.label, kids))
+            done.append(_Part(node.label.label, parts))  # spliced into its owner below
         else:
-            done.append(_expand(cls, node, kids))
+            done.append(_expand(cls, node, _splice(parts, _base(node.label))))
     root = done[0]
     if isinstance(root, _Part):
         raise ValueError(
@@ -139,10 +141,23 @@ def _factor(cls, label, word, kids: list[Tree], factor: str) -> Tree:
     return cls(label, word, [first, kids[-1]])
 
 
-def _merge(cls, label, child: Tree) -> Tree:
-    """A one-child node and its (already binarised) child as one node."""
-    below = child.label.labels if isinstance(child.label, Collapsed) else (child.label,)
-    return cls(Collapsed((label, *below)), child.word, child.children)
+class _Chain:
+    """A chain of one-child nodes being collapsed: the (binarised) bottom node, and the labels
+    above it, bottom-up."""
+
+    __slots__ = ("bottom", "upper")
+
+    def __init__(self, bottom: Tree) -> None:
+        self.bottom = bottom
+        self.upper: list = []
+
+
+def _finish(cls, item: Tree | _Chain) -> Tree:
+    """A collapsed chain as its one node (``Collapsed`` label, the bottom's word and kids)."""
+    if not isinstance(item, _Chain):
+        return item
+    labels = (*reversed(item.upper), item.bottom.label)
+    return cls(Collapsed(labels), item.bottom.word, item.bottom.children)
 
 
 def _base(label):
@@ -156,25 +171,32 @@ def _base(label):
 
 
 class _Part:
-    """The children a ``Factored`` node holds, waiting to be spliced into their owner."""
+    """What a ``Factored`` node holds (children, and nested parts of the same owner), waiting
+    to be spliced into the node that owns them."""
 
-    __slots__ = ("of", "kids")
+    __slots__ = ("of", "items")
 
-    def __init__(self, of, kids: list[Tree]) -> None:
+    def __init__(self, of, items: list) -> None:
         self.of = of
-        self.kids = kids
+        self.items = items
 
 
-def _splice(parts: list, owner) -> list[Tree]:
+def _splice(items: list, owner) -> list[Tree]:
+    """``items`` with every part replaced by its children, left to right. Nested parts are
+    walked with a stack, so a factored node of n children costs O(n), not O(n^2)."""
     out: list[Tree] = []
-    for p in parts:
-        if not isinstance(p, _Part):
-            out.append(p)
-        elif p.of == owner:
-            out.extend(p.kids)
+    stack = [iter(items)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif not isinstance(item, _Part):
+            out.append(item)
+        elif item.of == owner:
+            stack.append(iter(item.items))
         else:
             raise ValueError(
-                f"unbinarize: a node binarize added for label {p.of!r} sits under label "
+                f"unbinarize: a node binarize added for label {item.of!r} sits under label "
                 f"{owner!r}; was the tree changed after binarize?"
             )
     return out

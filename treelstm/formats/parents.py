@@ -38,9 +38,12 @@ def from_parents(
 
     Node ``i`` (1-based) has word ``words[i-1]`` and label ``labels[i-1]`` (None when not
     given); its children are its dependents in sentence order, and its ``word_at`` is the
-    number of them before it, so the sentence can be read back (``to_parents``, ``to_ptb``).
-    Raises ValueError on a non-integer or out-of-range head, no root or several, a cycle, or a
-    length mismatch.
+    number of them before it, so that ``to_ptb``, ``to_nltk`` and ``to_parents`` give the
+    sentence back. That holds for projective trees (every subtree a contiguous span; every
+    SICK parse is one); brackets cannot show a non-projective order, so for those the words
+    come back in the order of the brackets (the same tree, another word order). Heads are
+    1-based: an array holding -1 (0-based heads) gets a hint in its error. Raises ValueError
+    on a non-integer or out-of-range head, no root or several, a cycle, or a length mismatch.
     """
     heads = _int_list(parents, where)
     n = len(heads)
@@ -97,8 +100,10 @@ def from_cparents(
 def to_parents(tree: Tree) -> tuple[list[int], list[str], list[Any]]:
     """A dependency tree as ``(heads, words, labels)``, the inverse of :func:`from_parents`.
 
-    Words are in sentence order (each node's word after its first ``word_at`` children's
-    subtrees); ``heads`` are 1-based, 0 for the root. Every node must have a word.
+    Words are in reading order: each node's word after its first ``word_at`` children's
+    subtrees, which is the sentence order of a tree that ``from_parents`` read from a
+    projective array (for a non-projective one, see there). ``heads`` are 1-based, 0 for the
+    root. Every node must have a word.
     """
     nodes, up, order = _sentence_order(tree)
     position = [0] * len(nodes)
