@@ -4,7 +4,9 @@ import pickle
 
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from treelstm.labels import IGNORE_INDEX
 from treelstm.schedule import Schedule, build_schedule, collate
 from treelstm.tree import Tree
 
@@ -42,7 +44,7 @@ def test_schedule_properties(trees):
 
 
 @settings(max_examples=30, deadline=None)
-@given(forests(max_size=5))
+@given(forests(max_size=5, labels=st.one_of(st.none(), st.integers(0, 4))))
 def test_children_keep_their_order_and_labels(trees):
     """The k-th child slot of a node holds its k-th child; labels and words follow their nodes."""
     vocab = {}
@@ -51,7 +53,7 @@ def test_children_keep_their_order_and_labels(trees):
         t = trees[int(s.node_tree[j])]
         flat = t.flat()
         node = t.postorder()[int(s.post_index[j])]
-        assert s.labels[j] == (node.label if node.label is not None else -1)
+        assert s.labels[j] == (node.label if node.label is not None else IGNORE_INDEX)
         assert s.tokens[j] == (-1 if node.word is None else vocab[node.word])
         kid_posts = [int(s.post_index[k]) for k in s.children[j].tolist() if k >= 0]
         want = [q for q in range(len(flat.parent)) if flat.parent[q] == s.post_index[j]]

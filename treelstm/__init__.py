@@ -6,6 +6,17 @@ trees -> build_schedule -> TreeLSTM(encoder) -> head
 from .cells import ChildSumCell, NaryCell, TreeCell
 from .datasets import DataNotFound, Pair, Vocab, find_data, load_sick, load_sst, load_vectors
 from .executor import STRATEGIES, evaluate_tree, run
+from .formats import (
+    Collapsed,
+    Factored,
+    binarize,
+    normalize_token,
+    read_parents,
+    read_ptb,
+    unbinarize,
+    write_ptb,
+)
+from .labels import IGNORE_INDEX, LabelMap
 from .models import (
     Encoded,
     RelatednessModel,
@@ -15,14 +26,18 @@ from .models import (
     relatedness_target,
 )
 from .schedule import Schedule, build_schedule, collate
-from .tree import FlatTree, Tree, normalize_token, read_parents, read_ptb, write_ptb
+from .tree import FlatTree, Tree
 
 __all__ = [
+    "IGNORE_INDEX",
     "STRATEGIES",
     "ChildSumCell",
+    "Collapsed",
     "DataNotFound",
     "Encoded",
+    "Factored",
     "FlatTree",
+    "LabelMap",
     "NaryCell",
     "Pair",
     "RelatednessModel",
@@ -32,6 +47,7 @@ __all__ = [
     "Tree",
     "TreeCell",
     "TreeLSTM",
+    "binarize",
     "build_schedule",
     "collate",
     "evaluate_tree",
@@ -45,5 +61,6 @@ __all__ = [
     "relatedness_loss",
     "relatedness_target",
     "run",
+    "unbinarize",
     "write_ptb",
 ]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .executor import run
 from .schedule import Schedule
+from .tree import Tree
 
 __all__ = [
     "Encoded",
@@ -35,9 +36,9 @@ class Encoded(NamedTuple):
 class TreeLSTM(nn.Module):
     """Embedding + Tree-LSTM cell + executor: ``encoder(schedule) -> Encoded(h, c, root_h)``.
 
-    num_embeddings  vocabulary size; token ids come from the schedule (-1 = no word, which
-                    reads a zero vector: one extra padding row is kept at index
-                    ``num_embeddings``).
+    num_embeddings  vocabulary size V = len(vocab): token ids 0..V-1 come from the schedule
+                    (-1 = no word, which reads a zero vector: one extra padding row is kept at
+                    index V). A schedule with a token id >= V raises ValueError.
     cell            a `ChildSumCell`, `NaryCell` or any module with the same step signature.
     strategy        executor strategy (see `treelstm.executor.STRATEGIES`); "level" is fast.
     embeddings      optional pretrained [num_embeddings, E] vectors to start from.
@@ -73,14 +74,38 @@ class TreeLSTM(nn.Module):
 
     def embed(self, schedule: Schedule) -> Tensor:
         """x [N, E]: each node's word vector, zeros for nodes without a word."""
+        _check_schedule(schedule)
         tokens = schedule.tokens
         pad = self.embedding.padding_idx
+        # max_token is a Python int from build_schedule: this check reads nothing back from
+        # the device. Without it, id V would silently read the zero padding row.
+        if schedule.max_token >= pad:
+            raise ValueError(
+                f"token id {schedule.max_token} in this batch, but TreeLSTM(num_embeddings={pad}) "
+                f"has ids 0..{pad - 1}: pass the vocabulary size, len(vocab), not its largest id"
+            )
         return self.embedding(torch.where(tokens >= 0, tokens, pad))
 
     def forward(self, schedule: Schedule, strategy: str | None = None) -> Encoded:
+        """schedule (from `build_schedule`) -> Encoded(h [N, H], c [N, H], root_h [B, H])."""
         x = self.embed(schedule)
         h, c = run(self.cell, schedule, x, strategy or self.strategy)
         return Encoded(h, c, h[schedule.roots])
+
+
+def _check_schedule(schedule) -> None:
+    """A model takes a Schedule; a list of trees is the usual mistake, named as such."""
+    if isinstance(schedule, Schedule):
+        return
+    if isinstance(schedule, list | tuple | Tree):
+        what = "a Tree" if isinstance(schedule, Tree) else f"a {type(schedule).__name__} of trees"
+        raise TypeError(
+            f"a Tree-LSTM model takes a Schedule, not {what}: batch the trees first with "
+            "build_schedule(trees, vocab) (or collate(vocab) as a DataLoader collate_fn)"
+        )
+    raise TypeError(
+        f"a Tree-LSTM model takes a Schedule (from build_schedule), not a {type(schedule).__name__}"
+    )
 
 
 # ------------------------------------------------------------------------------------- heads

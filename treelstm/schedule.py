@@ -7,7 +7,9 @@ batch costs ``max height + 1`` cell calls whatever its size (Tai et al. 2015 tre
 building the schedule as integer data before the step follows TensorFlow Fold's weaver).
 
 Building is pure CPU/numpy work on each tree's cached flat arrays, picklable, and fit for a
-DataLoader ``collate_fn`` (see `collate`).
+DataLoader ``collate_fn`` (see `collate`). Words become ids through a vocabulary, labels through
+a label map (`treelstm.labels`); mistakes in either are reported with the word or label and the
+tree it is in, before any tensor is made.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .formats.binarize import Factored
+from .labels import IGNORE_INDEX, LabelMap
 from .tree import Tree
 
 __all__ = ["Schedule", "build_schedule", "collate"]
@@ -30,8 +34,10 @@ class Schedule:
     """A batch of B trees with N nodes in L levels, numbered level-major.
 
     tokens      [N] int64  vocabulary id of each node's word, -1 where the node has none
-    labels      [N] int64  numeric label of each node (-1 where None), or None for a batch whose
-                           labels are not numbers (e.g. Penn Treebank "NP")
+    labels      [N] int64  class id of each node, IGNORE_INDEX (-100, which cross_entropy skips)
+                           where it has no label; None only when asked for (labels=None) or
+                           when labels="auto" meets labels that are not integers (e.g. Penn
+                           Treebank "NP": pass labels=LabelMap.fit(trees) for those)
     children    [N, K] int64  children in their original order, -1 = none (K = the batch's
                            largest fan-out, or N of an N-ary cell)
     parent      [N] int64  parent of each node, -1 for roots
@@ -42,6 +48,10 @@ class Schedule:
                            row j is node ``post_index[j]`` of tree ``node_tree[j]``
     level_bounds   the same as level_ptr as Python ints (no device sync in the level loop)
     tree_sizes     node count of each tree
+    max_token      the largest token id in the batch (-1 if none), a Python int, so that a
+                   model can check it against its vocabulary size without reading the device
+
+    Rows are in schedule order; `split(x)` gives each tree's rows back in its own post-order.
     """
 
     tokens: Tensor
@@ -54,6 +64,7 @@ class Schedule:
     post_index: Tensor
     level_bounds: tuple[int, ...]
     tree_sizes: tuple[int, ...]
+    max_token: int = -1
 
     @property
     def num_nodes(self) -> int:
@@ -114,9 +125,41 @@ class Schedule:
                 post_index=self.post_index[torch.from_numpy(nodes)],
                 level_bounds=tuple(int(v) for v in sub_ptr),
                 tree_sizes=(n,),
+                max_token=self.max_token,  # a bound for the tree's own tokens
             ).to(self.device)
             out.append((torch.from_numpy(nodes).to(self.device), sub))
         return out
+
+    @cached_property
+    def _tree_order(self) -> Tensor:
+        """[N] int64: row ids tree by tree, each tree's nodes in its post-order. Built on the
+        schedule's device from post_index and node_tree, with no read-back (no sync)."""
+        offsets = [0]
+        for n in self.tree_sizes[:-1]:
+            offsets.append(offsets[-1] + n)
+        start = torch.tensor(offsets, dtype=torch.int64, device=self.device)
+        where = start[self.node_tree] + self.post_index  # each row's place in tree order
+        order = torch.empty_like(where)
+        order[where] = torch.arange(self.num_nodes, device=self.device)
+        return order
+
+    def per_tree_rows(self) -> list[Tensor]:
+        """For each tree b, the [n_b] row ids of its nodes in its own post-order
+        (``trees[b].flat()`` / ``trees[b].postorder()`` order; the root, last, is
+        ``roots[b]``). ``h[rows[b][i]]`` is node i of tree b."""
+        return list(self._tree_order.split(self.tree_sizes))
+
+    def split(self, x: Tensor) -> tuple[Tensor, ...]:
+        """x [N, ...] in schedule order (e.g. ``encoder(schedule).h``, logits) -> one tensor
+        [n_b, ...] per tree, its rows in the tree's post-order: ``split(h)[b][i]`` is node i of
+        ``trees[b].postorder()``, and ``split(h)[b][-1]`` its root. One gather; differentiable."""
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != self.num_nodes:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"Schedule.split: expected a tensor with one row per node [{self.num_nodes}, "
+                f"...] in schedule order (e.g. out.h), got {got}"
+            )
+        return x.index_select(0, self._tree_order.to(x.device)).split(self.tree_sizes)
 
     def _map_tensors(self, fn: Callable[[Tensor], Tensor]) -> Schedule:
         changes = {}
@@ -135,47 +178,40 @@ class Schedule:
         return self._map_tensors(lambda t: t.pin_memory())
 
 
-def _lookup(vocab) -> Callable[[str], int]:
-    if vocab is None:
-        return lambda w: -1
-    if isinstance(vocab, Mapping):
-        return vocab.__getitem__
-    if callable(vocab):
-        return vocab
-    if hasattr(vocab, "__getitem__"):
-        return vocab.__getitem__
-    raise TypeError(f"vocab must be a mapping, a callable or None, got {type(vocab).__name__}")
-
-
 def build_schedule(
     trees: Sequence[Tree],
     vocab: Mapping[str, int] | Callable[[str], int] | None = None,
     *,
     n_ary: int | None = None,
+    labels: LabelMap | Mapping | Callable | str | None = "auto",
+    unk: int | None = None,
 ) -> Schedule:
     """Number the nodes of `trees` level-major and lay out their structure as tensors.
 
-    vocab   maps a word to its id (a mapping, e.g. `Vocab`, or a callable); nodes without a
-            word get -1; with vocab=None every token is -1.
+    vocab   maps a word to its id: a mapping ({"good": 0, ...}, `Vocab`) or a callable; nodes
+            without a word get -1; with vocab=None every token is -1. Ids must be integers
+            0..V-1 for a `TreeLSTM(V, ...)`. A word the vocab lacks raises ValueError naming it
+            and its tree, unless `unk` is given: the id every unknown word then gets.
     n_ary   fixes K (the child slots of an N-ary cell); a node with more children than that
-            raises ValueError. Default: K = the batch's largest fan-out.
+            raises ValueError (`treelstm.binarize` fixes such trees). Default: K = the batch's
+            largest fan-out.
+    labels  how labels become `Schedule.labels` (a node without a label, or one that
+            `binarize` added, always gets IGNORE_INDEX):
+            "auto"   integer labels (SST) as they are; labels = None if any label is not an
+                     integer (e.g. "NP"), so pass a label map for those;
+            a `LabelMap`, mapping or callable: every label through it; a label it lacks
+                     raises ValueError naming the label and its tree;
+            None     no labels (Schedule.labels is None).
     """
-    if isinstance(trees, Tree):
-        raise TypeError("build_schedule takes a sequence of trees; wrap a single tree in a list")
-    trees = list(trees)
-    if not trees:
-        raise ValueError("build_schedule: empty batch (no trees)")
-    for b, t in enumerate(trees):
-        if not isinstance(t, Tree):
-            raise TypeError(f"build_schedule: item {b} is a {type(t).__name__}, not a Tree")
+    trees = _tree_list(trees)
     flats = [t.flat() for t in trees]
     sizes = np.array([len(f.parent) for f in flats], dtype=np.int64)
     offsets = np.zeros(len(flats), dtype=np.int64)
     np.cumsum(sizes[:-1], out=offsets[1:])
+    tokens = _token_ids(flats, vocab, unk)  # before any layout work: vocab errors come first
+    label_ids = _label_ids(flats, labels)
     N = int(sizes.sum())
-
     height = np.concatenate([f.height for f in flats])
-    rank = np.concatenate([f.child_rank for f in flats])
     parent_old = np.concatenate(
         [np.where(f.parent >= 0, f.parent + o, -1) for f, o in zip(flats, offsets, strict=True)]
     )
@@ -188,63 +224,231 @@ def build_schedule(
     new_of_old[perm] = np.arange(N, dtype=np.int64)
     p = parent_old[perm]
     parent = np.where(p >= 0, new_of_old[np.maximum(p, 0)], -1)
-
     counts = np.bincount(height, minlength=int(height.max()) + 1)
     level_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=level_ptr[1:])
+    rank = np.concatenate([f.child_rank for f in flats])[perm]
+    children = _child_table(parent, rank, n_ary, node_tree_old[perm], len(flats))
 
-    r = rank[perm]
-    fan_out = int(r.max()) + 1 if N > len(flats) else 0
-    has_parent = parent >= 0
-    if n_ary is not None:
-        if fan_out > n_ary:
-            j = int(np.flatnonzero(r[has_parent] >= n_ary)[0])
-            tree_id = int(node_tree_old[perm][has_parent][j])
-            raise ValueError(
-                f"build_schedule: tree {tree_id} has a node with more than n_ary={n_ary} "
-                f"children (an N-ary cell takes at most {n_ary}; binarize the tree or use "
-                "a Child-Sum cell)"
-            )
-        K = n_ary
-    else:
-        K = fan_out
-    children = np.full((N, K), -1, dtype=np.int64)
-    kids = np.flatnonzero(has_parent)
-    children[parent[kids], r[kids]] = kids
-
-    lookup = _lookup(vocab)
-    ids = [-1 if w is None else lookup(w) for f in flats for w in f.words]
-    tokens = np.array(ids, dtype=np.int64)[perm]
-    labels = _labels([lab for f in flats for lab in f.labels], perm)
-
-    roots = new_of_old[offsets + sizes - 1]
     return Schedule(
-        tokens=torch.from_numpy(tokens),
-        labels=labels,
+        tokens=torch.from_numpy(tokens[perm]),
+        labels=None if label_ids is None else torch.from_numpy(label_ids[perm]),
         children=torch.from_numpy(children),
         parent=torch.from_numpy(parent),
         level_ptr=torch.from_numpy(level_ptr),
-        roots=torch.from_numpy(roots),
+        roots=torch.from_numpy(new_of_old[offsets + sizes - 1]),
         node_tree=torch.from_numpy(node_tree_old[perm]),
         post_index=torch.from_numpy(post_old[perm]),
         level_bounds=tuple(int(v) for v in level_ptr),
         tree_sizes=tuple(int(v) for v in sizes),
+        max_token=int(tokens.max()),
     )
 
+
+def collate(
+    vocab=None,
+    *,
+    n_ary: int | None = None,
+    labels: LabelMap | Mapping | Callable | str | None = "auto",
+    unk: int | None = None,
+) -> Callable[[Sequence[Tree]], Schedule]:
+    """A picklable DataLoader ``collate_fn`` that builds the batch's schedule in the worker."""
+    return partial(build_schedule, vocab=vocab, n_ary=n_ary, labels=labels, unk=unk)
+
+
+# ---------------------------------------------------------------------------------- structure
+
+
+def _tree_list(trees) -> list[Tree]:
+    if isinstance(trees, Tree):
+        raise TypeError("build_schedule takes a sequence of trees; wrap a single tree in a list")
+    if isinstance(trees, str):
+        raise TypeError("build_schedule takes trees, not text: parse it with Tree.from_ptb")
+    trees = list(trees)
+    if not trees:
+        raise ValueError("build_schedule: empty batch (no trees)")
+    for b, t in enumerate(trees):
+        if not isinstance(t, Tree):
+            raise TypeError(f"build_schedule: item {b} is a {type(t).__name__}, not a Tree")
+    return trees
+
+
+def _child_table(parent, rank, n_ary, node_tree, n_trees) -> np.ndarray:
+    """[N, K] children in their order, -1 = none; K = n_ary, or the largest fan-out."""
+    N = len(parent)
+    fan_out = int(rank.max()) + 1 if N > n_trees else 0
+    has_parent = parent >= 0
+    K = fan_out
+    if n_ary is not None:
+        if fan_out > n_ary:
+            j = int(np.flatnonzero(rank[has_parent] >= n_ary)[0])
+            tree_id = int(node_tree[has_parent][j])
+            raise ValueError(
+                f"build_schedule: tree {tree_id} has a node with more than n_ary={n_ary} "
+                f"children (an N-ary cell takes at most {n_ary}): treelstm.binarize(tree) gives "
+                "every node at most 2, or use a Child-Sum cell"
+            )
+        K = n_ary
+    children = np.full((N, K), -1, dtype=np.int64)
+    kids = np.flatnonzero(has_parent)
+    children[parent[kids], rank[kids]] = kids
+    return children
+
+
+# ------------------------------------------------------------------------------------- tokens
+
+
+def _token_ids(flats, vocab, unk: int | None) -> np.ndarray:
+    """[N] int64 ids of every node's word, trees one after another in post-order."""
+    if vocab is None:
+        return np.full(sum(len(f) for f in flats), -1, dtype=np.int64)
+    lookup = _lookup(vocab, unk)
+    try:
+        ids = [-1 if w is None else lookup(w) for f in flats for w in f.words]
+    except LookupError:
+        raise _missing(flats, lookup, "word", "the vocab", _UNK_HINT) from None
+    if not _all_ints(ids):
+        raise _bad_id(flats, ids, "vocab", "word", "-1 means no word")
+    out = np.array(ids, dtype=np.int64)
+    if out.min() < -1:
+        raise _bad_id(flats, ids, "vocab", "word", "-1 means no word")
+    return out
+
+
+_UNK_HINT = (
+    "add it, or pass unk=<id> to build_schedule (or collate) to give every unknown word one id, "
+    "e.g. that of an '<unk>' entry (treelstm.Vocab does this itself)"
+)
+
+
+def _lookup(vocab, unk: int | None) -> Callable[[str], object]:
+    if isinstance(vocab, list | tuple | str):
+        raise TypeError(
+            f"build_schedule: vocab is a {type(vocab).__name__}; pass a dict from word to id, "
+            "e.g. {w: i for i, w in enumerate(words)}, a treelstm.Vocab, or a callable"
+        )
+    if isinstance(vocab, Mapping):
+        get = vocab.__getitem__
+    elif callable(vocab):
+        get = vocab
+    elif hasattr(vocab, "__getitem__"):
+        get = vocab.__getitem__
+    else:
+        raise TypeError(
+            f"vocab must be a mapping (word -> id), a callable or None, got {type(vocab).__name__}"
+        )
+    if unk is None:
+        return get
+    if type(unk) is not int or unk < 0:
+        raise ValueError(f"build_schedule: unk must be an id >= 0, not {unk!r}")
+    return partial(_get_or, get, unk)
+
+
+def _get_or(get, default, key):
+    try:
+        return get(key)
+    except LookupError:
+        return default
+
+
+# ------------------------------------------------------------------------------------- labels
+
+
+def _label_ids(flats, spec) -> np.ndarray | None:
+    """[N] int64 class ids (trees one after another, post-order), or None (see build_schedule)."""
+    if spec is None:
+        return None
+    raw = [lab for f in flats for lab in f.labels]
+    if isinstance(spec, str):
+        if spec != "auto":
+            raise ValueError(
+                f'build_schedule: labels must be "auto", a LabelMap, a mapping, a callable or '
+                f"None, not {spec!r}"
+            )
+        return _auto_labels(raw)
+    if isinstance(spec, Mapping | LabelMap):
+        get = spec.__getitem__
+    elif callable(spec):
+        get = spec
+    else:
+        raise TypeError(
+            'build_schedule: labels must be "auto", a LabelMap, a mapping, a callable or '
+            f"None, not a {type(spec).__name__}"
+        )
+    try:
+        ids = [IGNORE_INDEX if _unlabelled(lab) else get(lab) for lab in raw]
+    except LookupError:
+        raise _missing(flats, get, "label", "the label map", _LABEL_HINT) from None
+    if not _all_ints(ids):
+        raise _bad_id(flats, ids, "label map", "label", f"or IGNORE_INDEX = {IGNORE_INDEX}")
+    out = np.array(ids, dtype=np.int64)
+    if ((out < 0) & (out != IGNORE_INDEX)).any():
+        raise _bad_id(flats, ids, "label map", "label", f"or IGNORE_INDEX = {IGNORE_INDEX}")
+    return out
+
+
+_LABEL_HINT = (
+    "add it, build the map from every split with LabelMap.fit(trees), or pass "
+    "LabelMap(..., unknown=IGNORE_INDEX) to skip nodes with labels it lacks"
+)
 
 _INT_TYPES = {int, np.int64, np.int32, np.int16, np.int8}
 
 
-def _labels(labels: list, perm: np.ndarray) -> Tensor | None:
-    """Numeric labels as an int64 tensor (-1 for None); None when any label is not an integer."""
-    kinds = set(map(type, labels))
-    if not kinds <= _INT_TYPES | {type(None)}:
+def _unlabelled(label) -> bool:
+    return label is None or type(label) is Factored
+
+
+def _auto_labels(raw: list) -> np.ndarray | None:
+    """Integer labels as they are, unlabelled nodes IGNORE_INDEX; None for other labels."""
+    kinds = set(map(type, raw))
+    if not kinds <= _INT_TYPES | {type(None), Factored}:
         return None  # e.g. "NP" (bool is excluded: it is not a label)
-    if type(None) in kinds:
-        labels = [-1 if lab is None else lab for lab in labels]
-    return torch.from_numpy(np.array(labels, dtype=np.int64)[perm])
+    if not kinds <= _INT_TYPES:
+        raw = [IGNORE_INDEX if _unlabelled(lab) else lab for lab in raw]
+    return np.array(raw, dtype=np.int64)
 
 
-def collate(vocab=None, *, n_ary: int | None = None) -> Callable[[Sequence[Tree]], Schedule]:
-    """A picklable DataLoader ``collate_fn`` that builds the batch's schedule in the worker."""
-    return partial(build_schedule, vocab=vocab, n_ary=n_ary)
+def _all_ints(ids: list) -> bool:
+    """True when every id is an int or a numpy integer (bool, str, float... are not ids)."""
+    return all(
+        k is int or (k is not bool and issubclass(k, np.integer)) for k in set(map(type, ids))
+    )
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+def _missing(flats, get, what: str, where: str, hint: str) -> ValueError:
+    """The first word/label ``get`` does not know, with its tree, as one clear error."""
+    for b, f in enumerate(flats):
+        for item in f.words if what == "word" else f.labels:
+            if item is None or _unlabelled(item):
+                continue
+            try:
+                get(item)
+            except LookupError:
+                return ValueError(
+                    f"build_schedule: {what} {item!r} (tree {b}) is not in {where}; {hint}"
+                )
+    return ValueError(f"build_schedule: a {what} is not in {where}; {hint}")
+
+
+def _bad_id(flats, ids: list, source: str, what: str, note: str) -> TypeError | ValueError:
+    """The first id that is not an integer >= 0 (or the allowed negative), as one clear error."""
+    items = [x for f in flats for x in (f.words if what == "word" else f.labels)]
+    b_of = [b for b, f in enumerate(flats) for _ in range(len(f))]
+    for item, i, b in zip(items, ids, b_of, strict=True):
+        if not _all_ints([i]):
+            return TypeError(
+                f"build_schedule: the {source} gave {type(i).__name__} {i!r} for {what} "
+                f"{item!r} (tree {b}); ids must be integers, e.g. {{{item!r}: 0}}"
+            )
+    allowed = -1 if what == "word" else IGNORE_INDEX  # the one negative id that means "none"
+    for item, i, b in zip(items, ids, b_of, strict=True):
+        if i < 0 and i != allowed:
+            return ValueError(
+                f"build_schedule: the {source} gave id {i} for {what} {item!r} (tree {b}); "
+                f"ids must be >= 0 ({note})"
+            )
+    return ValueError(f"build_schedule: the {source} gave ids that are not integers >= 0")
