@@ -212,11 +212,11 @@ def build_schedule(
     label_ids = _label_ids(flats, labels)
     N = int(sizes.sum())
     height = np.concatenate([f.height for f in flats])
-    parent_old = np.concatenate(
-        [np.where(f.parent >= 0, f.parent + o, -1) for f, o in zip(flats, offsets, strict=True)]
-    )
+    node_offset = np.repeat(offsets, sizes)  # one array op instead of one per tree
+    local_parent = np.concatenate([f.parent for f in flats])
+    parent_old = np.where(local_parent >= 0, local_parent + node_offset, -1)
     node_tree_old = np.repeat(np.arange(len(flats), dtype=np.int64), sizes)
-    post_old = np.arange(N, dtype=np.int64) - np.repeat(offsets, sizes)
+    post_old = np.arange(N, dtype=np.int64) - node_offset
 
     # Level-major numbering; stable, so within a level nodes keep tree then post-order order.
     perm = np.argsort(height, kind="stable")
