@@ -3,17 +3,45 @@
 import re
 from pathlib import Path
 
+import pytest
+import torch
+
 from treelstm import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_usage_example_runs():
-    """Every python block in the README executes without error."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert blocks
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+def python_blocks(name: str) -> list[str]:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(), re.S)
+    assert blocks, f"no python blocks in {name}"
+    return blocks
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/trees.md"])
+def test_python_blocks_in_the_docs_run(name):
+    """Every python block in the README and in docs/trees.md executes without error."""
+    for code in python_blocks(name):
+        exec(compile(code, name, "exec"), {})
+
+
+def test_readme_loss_skips_unlabelled_nodes():
+    """The README's usage block, with trees that have unlabelled nodes (a dependency tree, a
+    node added by binarize), runs, and its loss is the loss over the labelled nodes only."""
+    (code,) = [b for b in python_blocks("README.md") if "cross_entropy" in b]
+    trees = (
+        'trees = [Tree.from_ptb("(3 (2 good) (4 (2 not) (1 bad)))"), '
+        'Tree.from_parents([2, 0], ["not", "dull"]), '
+        'binarize(Tree.from_ptb("(1 (2 good) (2 not) (1 dull))"))]'
+    )
+    changed, n = re.subn(r"^trees = .*$", trees, code, count=1, flags=re.M)
+    assert n == 1
+    scope: dict = {}
+    exec(compile("from treelstm import binarize\n" + changed, "README.md", "exec"), scope)
+    labels = scope["batch"].labels
+    keep = labels != -100
+    assert (~keep).sum() == 3  # two dependency nodes, one added by binarize
+    expected = torch.nn.functional.cross_entropy(scope["logits"][keep], labels[keep])
+    assert torch.allclose(scope["loss"], expected)
 
 
 def test_demo_learns_on_a_small_run(capsys):
