@@ -139,6 +139,7 @@ def test_unk_maps_unknown_words():
     s = build_schedule(trees, {"<unk>": 0, "good": 1}, unk=0)
     assert s.split(s.tokens)[0].tolist() == [1, 0, -1] and s.max_token == 1
     assert collate({"good": 1}, unk=0)(trees).tokens.equal(s.tokens)
+    assert build_schedule(trees, {"good": 1}.__getitem__, unk=0).tokens.equal(s.tokens)
     with pytest.raises(ValueError, match="unk must be an id >= 0"):
         build_schedule(trees, {"good": 1}, unk="<unk>")
 

@@ -341,6 +341,8 @@ def _lookup(vocab, unk: int | None) -> Callable[[str], object]:
         return get
     if type(unk) is not int or unk < 0:
         raise ValueError(f"build_schedule: unk must be an id >= 0, not {unk!r}")
+    if isinstance(vocab, Mapping):
+        return lambda w: vocab.get(w, unk)
     return partial(_get_or, get, unk)
 
 
