@@ -70,13 +70,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as f:
             half = len(data) // 2
             f.write(data[:half])
-            faults.point("write")  # killed here: a half-written temp file, the target intact
+            faults.point(f"write:{path.name}")  # killed here: a half-written temp file
             f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
-        faults.point("write")  # killed here: a complete temp file, the target still old
+        faults.point(f"write:{path.name}")  # killed here: a whole temp file, the old target
         os.replace(tmp, path)
-        faults.point("write")  # killed here: the new file in place
+        faults.point(f"write:{path.name}")  # killed here: the new file in place
         _fsync_folder(path.parent)
     except OSError as e:
         raise FileWriteError(f"could not write {path}: {_describe(e)}") from None
