@@ -106,8 +106,6 @@ def test_killed_at_random_points_resumes_to_the_same_metrics(trainer, tmp_path, 
     before_done = story[: story.index("exit 0")] if "exit 0" in story else story
     assert before_done.count("killed") >= 3, f"seed {seed}: {story}"  # kills mid-training
     assert any(p.startswith("write:") and p.endswith(".pt") and k == "killed" for p, k in pairs)
-    with capsys.disabled():  # shown by pytest -s: where the kills fell
-        print(f"\n{trainer}, seed {seed}: " + ", ".join(f"{p} {k}" for p, k in pairs))
     assert main_of(trainer)(argv(trainer, out, "--resume")) == 0, capsys.readouterr().err
     capsys.readouterr()
 
