@@ -132,6 +132,11 @@ def task_of(cfg: TrainConfig) -> Task:
     return get_task(cfg.task, cfg.mode)
 
 
+def _n_ary(cfg: TrainConfig) -> int | None:
+    """The most children a node may have: 2 for the binary N-ary cell, any for Child-Sum."""
+    return 2 if cfg.cell == "nary" else None
+
+
 # ------------------------------------------------------------------------------- data
 
 
@@ -168,7 +173,7 @@ def load_data(cfg: TrainConfig, task: Task | None = None) -> TaskData:
         splits = task.synthetic()
     else:
         folder = ds.find_data(task.name, cfg.data_dir, download=cfg.download)
-        splits = task.load(folder, max_children=2 if cfg.cell == "nary" else None)
+        splits = task.load(folder, max_children=_n_ary(cfg))
     train_set = splits.train[: cfg.subset] if cfg.subset else splits.train
     note = (
         f"{splits.source}; train {len(train_set)}, dev {len(splits.dev)}, test {len(splits.test)}"
@@ -191,7 +196,7 @@ def _loader(cfg: TrainConfig, task: Task, data: list, vocab, batches, device, wo
     return DataLoader(
         data,
         batch_sampler=batches,
-        collate_fn=task.collate(vocab, n_ary=2 if cfg.cell == "nary" else None),
+        collate_fn=task.collate(vocab, n_ary=_n_ary(cfg)),
         num_workers=workers,
         pin_memory=device.type == "cuda",
         # Its own generator: by default a new iterator draws a seed from the global RNG, which

@@ -133,12 +133,12 @@ class Session:
         return doc
 
     def save(self, name: str, role: str, payload: dict, note: str | None = None) -> None:
-        """Write a checkpoint of this run (rank 0 only; other ranks return at once)."""
-        if not self.d.main:
-            return
+        """Write a checkpoint of this run (rank 0 writes; every rank records it as the last
+        good one, for its error messages)."""
         path = self.file(name)
-        save_checkpoint(path, payload, trainer=self.trainer, role=role, run_id=self.run_id)
-        faults.point("saved")
+        if self.d.main:
+            save_checkpoint(path, payload, trainer=self.trainer, role=role, run_id=self.run_id)
+            faults.point("saved")
         if role == "last":
             self.last_good = f"{path} ({note or str(payload.get('epoch', '?')) + ' epochs done'})"
 
