@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import config_diff
 from .errors import FileWriteError, RunDirError
 from .files import read_json, remove_stale_temps, write_json
 
@@ -146,8 +147,6 @@ def _now() -> str:
 
 def _claim(path, trainer, config, resumable, mode, artifacts, log) -> tuple[str, bool]:
     """(run id, whether it continues the folder's run) after the mode's checks."""
-    from .config import config_diff  # config imports torch; rundir stays importable without
-
     if mode not in ("new", "resume", "overwrite"):
         raise ValueError(f"mode must be new, resume or overwrite, got {mode!r}")
     contents = _contents(path)
