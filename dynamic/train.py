@@ -1,14 +1,16 @@
-"""Train and test the dynamic nets on MNIST: `train()` / `evaluate()` / `main(argv=None)`.
+"""Train and test the dynamic nets on MNIST: `train_epoch` / `evaluate` / `run` / `main`.
 
 Shaped like pytorch/examples' mnist/main.py and the "Dynamic Graphs" tutorial that motivates
 this package (SGD lr 0.01 momentum 0.5, batch 128, test batch 1000, normalisation
 (0.1307, 0.3081), 8 epochs, seed 666), with the data path done properly: MNIST is read once into
-tensors and normalised once, each epoch is one `torch.randperm` from a `torch.Generator`, and a
-batch is an index into those tensors (no per-sample PIL transform inside the loop).
+tensors and normalised once (`dynamic.data`), each epoch is one `torch.randperm` from a
+`torch.Generator`, and a batch is an index into those tensors.
 
 All randomness of a run (shuffling, per-batch or per-sample draws) comes from one generator
 owned by the loop, so a checkpoint that stores its state resumes to the same final metrics as an
-uninterrupted run, even from the middle of an epoch.
+uninterrupted run, even from the middle of an epoch. Everything around the loop (the run folder,
+checkpoints, SIGINT/SIGTERM, non-finite and diverging losses, torchrun) is `treelstm.runtime`,
+shared with `treelstm.train`.
 
 Run it as `python examples/mnist_dynamic.py --net depth|branch|halting ...` (or
 `python -m dynamic.train`); `--help` lists every option.
@@ -17,40 +19,60 @@ Run it as `python examples/mnist_dynamic.py --net depth|branch|halting ...` (or
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import inspect
-import json
 import math
-import os
-import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import scaleout as distributed
+from dynamic.data import (  # noqa: F401  (MNIST_MEAN .. resolve_data_dir: the data API, here too)
+    MNIST_MEAN,
+    MNIST_STD,
+    DataError,
+    MnistTensors,
+    get_data,
+    load_mnist,
+    resolve_data_dir,
+)
 from dynamic.nets import HaltingNet, RandomBranchNet, RandomDepthNet
-from scaleout import SINGLE, Dist
+from treelstm import runtime
+from treelstm.runtime import (
+    CheckpointError,
+    RunOptions,
+    Session,
+    StopSignals,
+    TrainingGuard,
+    cli_main,
+    curves_figure,
+    dist,
+    faults,
+    require_positive,
+)
+from treelstm.runtime.dist import SINGLE, Dist
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the tutorial's (and torchvision examples') constants
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
-CURVES = "curves.png"
-CHECKPOINT_VERSION = 1
+__all__ = ["Config", "EpochState", "build_parser", "evaluate", "main", "run", "train_epoch"]
+
+TRAINER = "dynamic.train"
+CHECKPOINT, METRICS, CURVES = "last.pt", "metrics.json", "curves.png"
+ARTIFACTS = (METRICS, CURVES, CHECKPOINT)  # what --overwrite deletes, in this order
+
+NETS: dict[str, type[nn.Module]] = {
+    "depth": RandomDepthNet,
+    "branch": RandomBranchNet,
+    "halting": HaltingNet,
+}
 
 
 @dataclass
-class Config:
+class Config(RunOptions):
     """Hyper-parameters and run options; every field is a command-line flag."""
 
+    out: str = "runs/mnist_dynamic"  # run folder: run.json, last.pt, metrics.json, curves.png
     net: str = "depth"  # which net: depth | branch | halting
     per_sample: bool = False  # draw the depth/branch per sample (tutorial: once per batch)
     faithful: bool = False  # keep the tutorial's quirks (output ReLU, 300/100-column branches)
@@ -66,221 +88,40 @@ class Config:
     test_size: int = 0  # use only the first N test images (0 = all 10,000)
     data_dir: str | None = None  # folder holding MNIST/raw; default: $TREELSTM_DATA, else a cache
     download: bool = True  # download MNIST when it is missing (needs network)
-    out: str = "runs/mnist_dynamic"  # checkpoint, metrics.json and curves.png go here
-    resume: bool = False  # continue from OUT/checkpoint.pt (mid-epoch too)
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
-    progress: bool = True  # tqdm progress bar
     livelossplot: bool = False  # also send the curves to livelossplot (when installed)
+    diverge: float = 10.0  # stop when an epoch's mean loss exceeds this x the first step's; 0: off
     dry_run: bool = False  # a couple of batches on a tiny slice; synthetic data if MNIST is absent
-    dist_timeout: float = 600.0  # torchrun: seconds a rank waits for a dead peer before failing
 
+    RESUMABLE = RunOptions.RESUMABLE | {"epochs", "data_dir", "download", "livelossplot", "diverge"}
+    CHOICES = {"net": tuple(sorted(NETS))}
 
-# Fields that must match between a checkpoint and the run that resumes it: everything that
-# changes the model, the data or the sequence of draws.
-_RESUME_MUST_MATCH = (
-    "net", "per_sample", "faithful", "batch_size", "test_batch_size", "lr", "momentum", "seed",
-    "threshold", "max_steps", "train_size", "test_size", "dry_run",
-)  # fmt: skip
-
-NETS: dict[str, type[nn.Module]] = {
-    "depth": RandomDepthNet,
-    "branch": RandomBranchNet,
-    "halting": HaltingNet,
-}
-
-
-class DataError(RuntimeError):
-    """MNIST could not be found or downloaded."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable or does not fit the run that tries to resume it."""
-
-
-class UsageError(RuntimeError):
-    """An option value that cannot work (no CUDA for --device cuda, a batch size of 0, ...)."""
+    def resolved(self) -> Config:
+        """A checked copy; --dry-run caps the epochs and the data."""
+        require_positive(self, ("epochs", "batch_size", "test_batch_size"))
+        if not self.dry_run:
+            return dataclasses.replace(self)
+        return dataclasses.replace(
+            self, epochs=min(self.epochs, 2), train_size=self.train_size or 256,
+            test_size=self.test_size or 256,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- command line
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each field line of a dataclass: the --help text."""
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):  # no source (frozen app): flags still work, help is bare
-        return {}
-    out = {}
-    for line in lines:
-        code, sep, comment = line.partition("  # ")
-        name = code.strip().split(":", 1)[0]
-        if sep and name.isidentifier():
-            out[name] = comment.strip()
-    return out
-
-
-def build_parser(defaults: Config | None = None) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per `Config` field (`--batch-size` for batch_size)."""
-    defaults = defaults or Config()
-    helps = _field_comments(Config)
     parser = argparse.ArgumentParser(
         prog="mnist_dynamic",
         description="Train a dynamic net (random depth, random branch or halting) on MNIST.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        # Annotations are strings here (postponed evaluation): "int", "float", "str | None", ...
-        kind = str(f.type).split("|")[0].strip()
-        text = helps.get(f.name, "")
-        if kind == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=text
-            )
-        elif f.name == "net":
-            parser.add_argument(flag, choices=sorted(NETS), default=default, help=text)
-        else:
-            typ = {"int": int, "float": float, "str": str}[kind]
-            parser.add_argument(flag, type=typ, default=default, help=text)
+    runtime.add_config_arguments(parser, Config)
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
     """argv (None: sys.argv[1:]) -> Config."""
-    return Config(**vars(build_parser().parse_args(argv)))
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device {name!r}: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here (try --device auto)")
-    return device
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class MnistTensors:
-    """MNIST held as tensors, normalised once.
-
-    x_train [N, 784] float32, y_train [N] int64, x_test [M, 784], y_test [M]; `source` says
-    where they came from (a path, or the synthetic stand-in).
-    """
-
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    source: str
-
-    def to(self, device: torch.device) -> MnistTensors:
-        return MnistTensors(
-            *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
-            source=self.source,
-        )
-
-
-def normalise(images: Tensor) -> Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 784], exactly ToTensor() then Normalize(mean, std)."""
-    x = images.reshape(images.shape[0], -1).float().div_(255)
-    return x.sub_(MNIST_MEAN).div_(MNIST_STD)
-
-
-def resolve_data_dir(data_dir: str | None) -> tuple[Path, str]:
-    """-> (root that should hold MNIST/raw, where that choice came from)."""
-    if data_dir:
-        root, origin = Path(data_dir), "--data-dir"
-    elif os.environ.get("TREELSTM_DATA"):
-        root, origin = Path(os.environ["TREELSTM_DATA"]), "$TREELSTM_DATA"
-    else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        root, origin = cache / "treelstm", "the default cache"
-    root = root.expanduser()
-    # Accept a path to MNIST/ or MNIST/raw/ itself: torchvision wants their grandparent.
-    if root.name == "raw" and root.parent.name == "MNIST":
-        root = root.parent.parent
-    elif root.name == "MNIST" and (root / "raw").is_dir():
-        root = root.parent
-    return root, origin
-
-
-def _how_to_get(root: Path, origin: str, reason: str) -> str:
-    return (
-        f"MNIST not found in {root / 'MNIST' / 'raw'} (from {origin}): {reason}.\n"
-        "Put the four IDX files there (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, uncompressed), or point --data-dir / "
-        "TREELSTM_DATA at a folder that holds MNIST/raw/, or run once with network access to "
-        "download it (--download is on by default)."
-    )
-
-
-def load_mnist(root: Path, origin: str = "--data-dir", download: bool = False) -> MnistTensors:
-    """Read MNIST from root/MNIST/raw with torchvision (downloading there if allowed).
-
-    Raises DataError naming the path tried when the files are absent and cannot be fetched.
-    """
-    from torchvision.datasets import MNIST  # torchvision only when real data is read
-
-    try:
-        train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
-    except RuntimeError as missing:
-        if not download:
-            raise DataError(_how_to_get(root, origin, "download disabled")) from missing
-        try:
-            train = MNIST(str(root), train=True, download=True)
-            test = MNIST(str(root), train=False, download=True)
-        except Exception as e:  # offline, read-only folder, partial files, ...
-            raise DataError(_how_to_get(root, origin, f"download failed ({e})")) from e
-    return MnistTensors(
-        normalise(train.data), train.targets.long(), normalise(test.data), test.targets.long(),
-        source=str(root / "MNIST" / "raw"),
-    )  # fmt: skip
-
-
-def synthetic_mnist(n_train: int, n_test: int, seed: int = 0) -> MnistTensors:
-    """A learnable stand-in with MNIST's shapes: one random 28x28 prototype per class + noise.
-
-    For --dry-run when the real files are absent; normalised exactly like MNIST.
-    """
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.rand(10, 28, 28, generator=g)
-
-    def make(n: int) -> tuple[Tensor, Tensor]:
-        y = torch.randint(10, (n,), generator=g)
-        img = (protos[y] + 0.35 * torch.randn(n, 28, 28, generator=g)).clamp_(0, 1)
-        return normalise((img * 255).round().to(torch.uint8)), y
-
-    x_train, y_train = make(n_train)
-    x_test, y_test = make(n_test)
-    return MnistTensors(x_train, y_train, x_test, y_test, source="synthetic stand-in")
-
-
-def get_data(cfg: Config, verbose: bool = True) -> MnistTensors:
-    """The data a run uses: MNIST (sliced to --train-size/--test-size), or in --dry-run the
-    synthetic stand-in when MNIST is absent (never downloading in a dry run)."""
-    root, origin = resolve_data_dir(cfg.data_dir)
-    try:
-        data = load_mnist(root, origin, download=cfg.download and not cfg.dry_run)
-    except DataError:
-        if not cfg.dry_run:
-            raise
-        if verbose:
-            print(f"dry run: MNIST not found in {root / 'MNIST' / 'raw'}; using synthetic data")
-        data = synthetic_mnist(max(cfg.train_size, 256), max(cfg.test_size, 256), cfg.seed)
-    if cfg.train_size:
-        data.x_train, data.y_train = data.x_train[: cfg.train_size], data.y_train[: cfg.train_size]
-    if cfg.test_size:
-        data.x_test, data.y_test = data.x_test[: cfg.test_size], data.y_test[: cfg.test_size]
-    return data
+    return runtime.parse_config(Config, build_parser(), argv)
 
 
 # ----------------------------------------------------------------------------- model
@@ -317,32 +158,6 @@ def forward(
 # ----------------------------------------------------------------------------- train / evaluate
 
 
-class GracefulInterrupt:
-    """Context manager: the first Ctrl-C sets `.requested` and the loop stops at the next batch
-    boundary (so the saved state is consistent); a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._installed = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one raises
-
-    def __enter__(self) -> GracefulInterrupt:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
-        except ValueError:  # not the main thread: Ctrl-C stays a plain KeyboardInterrupt
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 @dataclass
 class EpochState:
     """Where an epoch stands: enough to continue it exactly from the next batch."""
@@ -358,30 +173,39 @@ class EpochState:
         return self.next_batch * batch_size >= self.perm.numel()
 
 
-def train(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
-    cfg: Config,
-    epoch: int,
-    generator: torch.Generator,
-    state: EpochState | None = None,
-    stop: GracefulInterrupt | None = None,
-    d: Dist = SINGLE,
-) -> EpochState:
+def _batch_loss(model, net, x, y, idx, cfg, generator, d) -> tuple[Tensor, Tensor, int]:
+    """(the loss to step on, the summed NLL, samples) of the global batch ``idx``.
+
+    The draw is made for the whole global batch on every rank, then sliced. Distributed, the
+    loss is (sum of this rank's NLLs) * world / B, so DDP's gradient mean over ranks is exactly
+    the gradient of the global batch's mean NLL, even for a short last batch.
+    """
+    n = idx.numel()
+    choice = net.draw(n, generator, cfg.per_sample) if n_choices(net) else None
+    idx, choice = dist.shard(idx, d), dist.shard(choice, d)
+    xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+    out = model(xb) if choice is None else model(xb, choice)
+    if d.enabled:
+        nll = F.nll_loss(out, yb, reduction="sum")
+        return nll * (d.world / n), nll.detach(), yb.shape[0]
+    loss = F.nll_loss(out, yb)
+    return loss, loss.detach().double() * yb.shape[0], yb.shape[0]
+
+
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: Config,
+    epoch: int, generator: torch.Generator, state: EpochState | None = None,
+    stop: StopSignals | None = None, d: Dist = SINGLE, guard: TrainingGuard | None = None,
+) -> EpochState:  # fmt: skip
     """Train one epoch (or the rest of one, from `state`) on x [N, 784], y [N].
 
     The shuffle and every draw come from `generator`. Returns the epoch's state: complete when
-    `state.done(cfg.batch_size)`, else stopped early by Ctrl-C (`stop.requested`).
-
-    Distributed (`d.enabled`, `model` wrapped in DDP): every rank draws the same permutation and
-    the same depth/branch for the whole global batch of cfg.batch_size, then trains on its slice
-    of it. The local loss is (sum of its NLLs) * world / B, so DDP's gradient mean over ranks is
-    exactly the gradient of the global batch's mean NLL, even for a short last batch. The
+    `state.done(cfg.batch_size)`, else stopped early by SIGINT/SIGTERM (`stop.requested`).
+    ``guard`` checks every loss and update (`TrainingGuard`). Distributed (`d.enabled`,
+    ``model`` wrapped in DDP): every rank trains on its slice of each global batch; the
     returned loss_sum / seen are summed over ranks.
     """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.train()
     if state is None:
         state = EpochState(perm=torch.randperm(x.shape[0], generator=generator))
@@ -395,51 +219,43 @@ def train(
     )  # fmt: skip
     b = state.next_batch
     for b in bar:
-        distributed.maybe_fail(d, (epoch - 1) * n_batches + b)
+        faults.rank_fault(d.rank, d.world, (epoch - 1) * n_batches + b)
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        n = idx.numel()  # the global batch; the draw is made for all of it, on every rank
-        choice = net.draw(n, generator, cfg.per_sample) if n_choices(net) else None
-        idx, choice = distributed.shard(idx, d), distributed.shard(choice, d)
-        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-        out = model(xb) if choice is None else model(xb, choice)
-        if d.enabled:
-            nll = F.nll_loss(out, yb, reduction="sum")
-            loss = nll * (d.world / n)
-        else:
-            loss = F.nll_loss(out, yb)
+        loss, nll, n = _batch_loss(model, net, x, y, idx, cfg, generator, d)
+        if guard is not None:  # one read per step: this loss and the last update's weights
+            guard.loss_value(loss, f"epoch {epoch}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Accumulated on the device: no host sync per step.
-        loss_sum += nll.detach().double() if d.enabled else loss.detach().double() * yb.shape[0]
-        seen += yb.shape[0]
+        if guard is not None:
+            guard.updated()
+        loss_sum += nll.double()  # accumulated on the device
+        seen += n
         if cfg.progress and d.main and b % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{float(nll) / n:.4f}")
+        faults.point("step")
         if stop is not None and stop.requested:
             b += 1
             break
     else:
         b = n_batches
     bar.close()
-    state.next_batch = b
-    state.loss_sum, state.seen = float(loss_sum), seen
+    state.next_batch, state.loss_sum, state.seen = b, float(loss_sum), seen
     if d.enabled:  # each rank started from its own share (rank 0 holds a resumed partial sum)
-        total_loss, total_seen = distributed.all_sum([state.loss_sum, seen], d, x.device)
+        total_loss, total_seen = dist.all_sum([state.loss_sum, seen], d, x.device)
         state.loss_sum, state.seen = total_loss, int(total_seen)
     state.seconds += time.perf_counter() - t0
     return state
 
 
+train = train_epoch  # the former name (benchmarks/mnist_epoch.py)
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    cfg: Config,
-    choice: int | None = None,
-    generator: torch.Generator | None = None,
-    d: Dist = SINGLE,
-) -> dict[str, Any]:
+    model: nn.Module, x: Tensor, y: Tensor, cfg: Config, choice: int | None = None,
+    generator: torch.Generator | None = None, d: Dist = SINGLE,
+) -> dict[str, Any]:  # fmt: skip
     """Test-set metrics for x [M, 784], y [M], in batches of cfg.test_batch_size.
 
     `choice` fixes the depth/branch; otherwise each test batch (or sample, with per_sample) gets
@@ -452,39 +268,36 @@ def evaluate(
     returns the metrics one process would.
     """
     model.eval()
-    loss, correct, impossible = 0.0, 0, 0
-    steps_hist = torch.zeros(getattr(model, "max_steps", 0) + 1, dtype=torch.long)
+    sums = torch.zeros(3 + getattr(model, "max_steps", -1) + 1, dtype=torch.float64)
     for i in range(0, x.shape[0], cfg.test_batch_size):
         xb, yb = x[i : i + cfg.test_batch_size], y[i : i + cfg.test_batch_size]
         c: int | Tensor | None = choice
         if c is None and n_choices(model) and d.enabled:  # draw for the whole batch
             c = model.draw(xb.shape[0], generator, cfg.per_sample)
-        xb, yb, c = distributed.shard(xb, d), distributed.shard(yb, d), distributed.shard(c, d)
+        xb, yb, c = dist.shard(xb, d), dist.shard(yb, d), dist.shard(c, d)
         if isinstance(model, HaltingNet):
             out, steps = model(xb, return_steps=True)
-            steps_hist += torch.bincount(steps.cpu(), minlength=steps_hist.numel())
+            sums[3:] += torch.bincount(steps.cpu(), minlength=sums.numel() - 3)
         else:
             out = forward(model, xb, generator, cfg.per_sample, c)
-        loss += F.nll_loss(out, yb, reduction="sum").item()
         pred = out.argmax(dim=1)
-        correct += int((pred == yb).sum())
-        impossible += int((pred >= 10).sum())
-    if d.enabled:
-        sums = distributed.all_sum([loss, correct, impossible, *steps_hist.tolist()], d, x.device)
-        loss, correct, impossible = sums[0], int(sums[1]), int(sums[2])
-        steps_hist = torch.tensor([int(v) for v in sums[3:]], dtype=torch.long)
+        sums[0] += F.nll_loss(out, yb, reduction="sum").item()
+        sums[1] += int((pred == yb).sum())
+        sums[2] += int((pred >= 10).sum())
+    loss, correct, impossible, *hist = dist.all_sum(sums.tolist(), d, x.device)
     total = x.shape[0]
     result: dict[str, Any] = {
         "loss": loss / max(total, 1),
-        "correct": correct,
+        "correct": int(correct),
         "total": total,
-        "accuracy": 100.0 * correct / max(total, 1),
-        "impossible": impossible,
+        "accuracy": 100.0 * int(correct) / max(total, 1),
+        "impossible": int(impossible),
     }
     if isinstance(model, HaltingNet):
-        hist = steps_hist.tolist()
-        result["steps_hist"] = hist
-        result["mean_steps"] = sum(k * c for k, c in enumerate(hist)) / max(total, 1)
+        result["steps_hist"] = [int(v) for v in hist]
+        result["mean_steps"] = sum(k * c for k, c in enumerate(result["steps_hist"])) / max(
+            total, 1
+        )
     return result
 
 
@@ -539,59 +352,6 @@ def print_epoch(m: dict[str, Any], cfg: Config) -> None:
     print()
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save `payload` atomically."""
-    distributed.atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load(weights_only=True); CheckpointError (not a traceback) when it is unreadable."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it or use another "
-            "--out to start afresh"
-        ) from e
-    needed = {"version", "config", "epoch", "model", "optimizer", "generator", "history"}
-    if not isinstance(ckpt, dict) or not needed <= ckpt.keys():
-        raise CheckpointError(f"checkpoint {path} is not a mnist_dynamic checkpoint")
-    if ckpt["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {ckpt['version']}")
-    return ckpt
-
-
-def write_metrics(out: Path, cfg: Config, history: list[dict[str, Any]], source: str) -> None:
-    """metrics.json: the config, the data source and one record per epoch."""
-    doc = {"config": asdict(cfg), "data": source, "epochs": history}
-    text = json.dumps(doc, indent=2)
-    distributed.atomic_write(out / METRICS, lambda f: f.write(text.encode()))
-
-
-def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    """PNG of train/test loss and test accuracy (overall and per depth/branch) per epoch."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-    epochs = [m["epoch"] for m in history]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [m["train_loss"] for m in history], "o-", label="train")
-    ax_loss.plot(epochs, [m["test_loss"] for m in history], "o-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="NLL", title="loss")
-    ax_acc.plot(epochs, [m["test_accuracy"] for m in history], "o-", lw=2, label="test (drawn)")
-    for c in history[-1]["per_choice_accuracy"] if history else ():
-        ax_acc.plot(epochs, [m["per_choice_accuracy"][c] for m in history], ".--", label=c)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    distributed.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-
-
 class LiveLoss:
     """Forward each epoch to livelossplot's PlotLosses when it is installed (the tutorial
     used it in a notebook); otherwise say so once and do nothing."""
@@ -622,171 +382,155 @@ class LiveLoss:
 # ----------------------------------------------------------------------------- the run
 
 
-def _checkpoint_payload(
-    cfg: Config, epoch: int, state: EpochState | None, model: nn.Module,
-    optimizer: torch.optim.Optimizer, generator: torch.Generator, history: list[dict[str, Any]],
-) -> dict[str, Any]:  # fmt: skip
-    """Everything `--resume` needs. `epoch` = epochs completed; `state` = a partial next epoch."""
-    partial = None
-    if state is not None:
-        partial = {
-            "perm": state.perm, "next_batch": state.next_batch, "loss_sum": state.loss_sum,
-            "seen": state.seen, "seconds": state.seconds,
-        }  # fmt: skip
-    return {
-        "version": CHECKPOINT_VERSION,
-        "config": asdict(cfg),
-        "epoch": epoch,
-        "partial": partial,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "history": history,
+@dataclass
+class _Run:
+    """Everything one training process holds."""
+
+    s: Session
+    cfg: Config
+    data: MnistTensors
+    model: nn.Module  # checkpoints hold this one
+    trained: nn.Module  # the model, in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # shuffles and draws, nothing else
+    guard: TrainingGuard
+    live: LiveLoss
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    epochs_done: int = 0
+    state: EpochState | None = None  # a partial epoch to continue
+
+
+def _save(r: _Run) -> None:
+    """last.pt: everything --resume needs (``r.state``: the partial epoch after the last one
+    done, if any)."""
+    r.guard.check_weights(f"epoch {r.epochs_done + 1}")
+    partial = None if r.state is None else dataclasses.asdict(r.state)
+    payload = {
+        "config": asdict(r.cfg), "epoch": r.epochs_done, "partial": partial,
+        "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
+        "generator": r.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "history": r.history, "first_loss": r.guard.reference,
+    }  # fmt: skip
+    note = f"{r.epochs_done} epochs done" + (f" + {r.state.next_batch} batches" if r.state else "")
+    r.s.save(CHECKPOINT, "last", payload, note=note)
+
+
+def _restore(r: _Run, doc: dict) -> None:
+    path = r.s.file(CHECKPOINT)
+    try:
+        r.model.load_state_dict(doc["model"])
+        r.optimizer.load_state_dict(doc["optimizer"])
+        r.generator.set_state(doc["generator"])
+        torch.set_rng_state(doc["torch_rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path} does not fit this net: {reason}") from None
+    r.epochs_done, r.history = doc["epoch"], list(doc["history"])
+    r.guard.reference = doc["first_loss"]
+    if doc["partial"] is not None:
+        r.state = EpochState(**doc["partial"])
+        if not r.s.d.main:  # the partial sums are counted once, on rank 0
+            r.state.loss_sum, r.state.seen = 0.0, 0
+    where = f" (+{r.state.next_batch} batches)" if r.state else ""
+    r.s.log(f"resumed from {path}: {r.epochs_done} epochs done{where}")
+
+
+def _prepare(s: Session, cfg: Config) -> _Run:
+    data = get_data(cfg, verbose=s.d.main).to(s.device)
+    ranks = f" ranks={s.d.world} (batch {cfg.batch_size // s.d.world} each)" if s.d.enabled else ""
+    s.log(
+        f"net={cfg.net} per_sample={cfg.per_sample} faithful={cfg.faithful} device={s.device} "
+        f"threads={torch.get_num_threads()} data={data.source} "
+        f"train={data.x_train.shape[0]} test={data.x_test.shape[0]}{ranks}"
+    )
+    if cfg.net == "halting" and cfg.per_sample:
+        s.log("note: the halting net draws nothing; each sample always stops on its own")
+    torch.manual_seed(cfg.seed)  # the weights
+    model = build_model(cfg).to(s.device)
+    # A pass may skip layers (depth 0, a branch, an early halt): DDP must look for them.
+    trained = dist.wrap(model, s.d, s.device, find_unused=True)
+    r = _Run(
+        s, cfg, data, model, trained,
+        torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum),
+        torch.Generator().manual_seed(cfg.seed),
+        TrainingGuard(model.parameters(), s.saved_note, cfg.diverge, s.d),
+        LiveLoss(cfg.livelossplot and s.d.main),
+    )  # fmt: skip
+    doc = s.resume_from(required=("partial", "model", "optimizer", "generator", "torch_rng",
+                                  "history", "first_loss"))  # fmt: skip
+    if doc is not None:
+        _restore(r, doc)
+    return r
+
+
+def _write_outputs(r: _Run) -> None:
+    """curves.png, then metrics.json (the config, the data source, one record per epoch)."""
+    h = r.history
+    ep = [m["epoch"] for m in h]
+    accuracy = {"test (drawn)": (ep, [m["test_accuracy"] for m in h])}
+    for c in h[-1]["per_choice_accuracy"] if h else ():
+        accuracy[c] = (ep, [m["per_choice_accuracy"][c] for m in h])
+    losses = {
+        "train": (ep, [m["train_loss"] for m in h]),
+        "test": (ep, [m["test_loss"] for m in h]),
     }
+    title = f"{r.cfg.net} net{' (faithful)' if r.cfg.faithful else ''} on {r.data.source}"
+    panels = [("loss", "NLL", losses), ("test accuracy", "accuracy (%)", accuracy)]
+    r.s.plot(CURVES, curves_figure(panels, title))
+    r.s.write_json(METRICS, {"config": asdict(r.cfg), "complete": r.epochs_done >= r.cfg.epochs,
+                             "data": r.data.source, "epochs": h})  # fmt: skip
+
+
+def _end_epoch(r: _Run, epoch: int) -> None:
+    """Check the epoch, test, then last.pt, curves.png and metrics.json."""
+    r.guard.check_weights(f"epoch {epoch}")
+    r.guard.check_epoch(r.state.loss_sum / max(r.state.seen, 1), f"epoch {epoch}")
+    m = epoch_metrics(r.model, r.data, r.cfg, epoch, r.state, r.s.d)
+    r.history.append(m)
+    r.epochs_done, r.state = epoch, None
+    if r.s.d.main:
+        print_epoch(m, r.cfg)
+        r.live.update(m)
+    _save(r)
+    _write_outputs(r)
 
 
 def run(cfg: Config) -> dict[str, Any]:
     """The whole run: data, model, (resume), epochs with test and checkpoints, metrics, plot.
 
-    Returns {"history": [per-epoch metrics], "final": last epoch's metrics or None,
-    "out": output folder}. Raises DataError / CheckpointError / UsageError; SystemExit(130) on
-    Ctrl-C after saving a checkpoint that --resume continues from.
+    Returns {"history": [per-epoch metrics], "final": last epoch's metrics or None, "out":
+    output folder, "run_id"}. Raises a `treelstm.runtime.RunError` (one line), and
+    `Interrupted` after saving on SIGINT/SIGTERM (mid-epoch: --resume continues from there).
 
-    Under torchrun (WORLD_SIZE > 1) it runs as one rank of a DistributedDataParallel job; see
-    `scaleout`. Only rank 0 prints and writes files; a rank that raises says so on
-    stderr and exits non-zero, and torchrun stops the others.
+    Under torchrun (WORLD_SIZE > 1) it runs as one rank of a DistributedDataParallel job; only
+    rank 0 prints and writes files; a rank that raises says so on stderr.
     """
-    d = distributed.from_env()
-    try:
-        result = _run(cfg, d)
-    except BaseException as e:
-        if d.enabled and not (isinstance(e, SystemExit) and e.code in (0, None)):
-            print(f"rank {d.rank} of {d.world} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        raise  # without tearing the group down: a peer may be dead; torchrun ends the rest
-    distributed.close()
-    return result
-
-
-def _run(cfg: Config, d: Dist) -> dict[str, Any]:
-    """`run` for one process (d.world == 1) or for rank d.rank of a torchrun job."""
-    say = print if d.main else (lambda *a, **k: None)
-    for name in ("epochs", "batch_size", "test_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if cfg.dry_run:
-        cfg = dataclasses.replace(
-            cfg, epochs=min(cfg.epochs, 2), train_size=cfg.train_size or 256,
-            test_size=cfg.test_size or 256,
-        )  # fmt: skip
-    device = pick_device(cfg.device)
-    if d.enabled and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", d.local_rank)  # one GPU per process
-    distributed.init(d, device, cfg.dist_timeout)
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
-
-    data = get_data(cfg, verbose=d.main).to(device)
-    ranks = f" ranks={d.world} (batch {cfg.batch_size // d.world} each)" if d.enabled else ""
-    say(
-        f"net={cfg.net} per_sample={cfg.per_sample} faithful={cfg.faithful} device={device} "
-        f"threads={torch.get_num_threads()} data={data.source} "
-        f"train={data.x_train.shape[0]} test={data.x_test.shape[0]}{ranks}"
-    )
-    if cfg.net == "halting" and cfg.per_sample:
-        say("note: the halting net draws nothing; each sample always stops on its own")
-
-    torch.manual_seed(cfg.seed)  # the weights
-    model = build_model(cfg).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    generator = torch.Generator().manual_seed(cfg.seed)  # shuffles and draws, nothing else
-    history: list[dict[str, Any]] = []
-    epochs_done, state = 0, None
-
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        diff = [k for k in _RESUME_MUST_MATCH if ckpt["config"].get(k) != getattr(cfg, k)]
-        if diff:
-            was = ", ".join(f"{k}={ckpt['config'].get(k)!r}" for k in diff)
-            raise CheckpointError(f"{ckpt_path} was made with {was}; pass the same to --resume")
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            generator.set_state(ckpt["generator"])
-            torch.set_rng_state(ckpt["torch_rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {ckpt_path} does not fit this net: {e}") from e
-        epochs_done, history = ckpt["epoch"], list(ckpt["history"])
-        if ckpt["partial"] is not None:
-            state = EpochState(**ckpt["partial"])
-            if not d.main:  # the partial sums are counted once, on rank 0
-                state.loss_sum, state.seen = 0.0, 0
-        where = f" (+{state.next_batch} batches)" if state else ""
-        say(f"resumed from {ckpt_path}: {epochs_done} epochs done{where}")
-    elif cfg.resume:
-        say(f"no checkpoint at {ckpt_path}; starting from scratch")
-
-    # DDP broadcasts rank 0's weights and averages gradients; a pass may skip layers (depth 0,
-    # a branch, an early halt), hence find_unused_parameters. Checkpoints hold `model` itself.
-    trained: nn.Module = model
-    if d.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        trained = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-    live = LiveLoss(cfg.livelossplot and d.main)
-    title = f"{cfg.net} net{' (faithful)' if cfg.faithful else ''} on {data.source}"
-    # Distributed: no graceful Ctrl-C (ranks would stop at different batches); Ctrl-C ends the
-    # job and --resume continues from the last epoch checkpoint.
-    interrupt = contextlib.nullcontext(GracefulInterrupt()) if d.enabled else GracefulInterrupt()
-    with interrupt as stop:
-        for epoch in range(epochs_done + 1, cfg.epochs + 1):
-            state = train(
-                trained, optimizer, data.x_train, data.y_train, cfg, epoch, generator, state,
-                stop, d,
+    cfg = cfg.resolved()
+    with Session.start(cfg, trainer=TRAINER, artifacts=ARTIFACTS) as s:
+        r = _prepare(s, cfg)
+        for epoch in range(r.epochs_done + 1, cfg.epochs + 1):
+            r.state = train_epoch(
+                r.trained, r.optimizer, r.data.x_train, r.data.y_train, cfg, epoch, r.generator,
+                r.state, s.stop, s.d, r.guard,
             )  # fmt: skip
-            if not state.done(cfg.batch_size):  # Ctrl-C: save the partial epoch and leave
-                save_checkpoint(
-                    ckpt_path,
-                    _checkpoint_payload(
-                        cfg, epoch - 1, state, model, optimizer, generator, history
-                    ),
-                )
-                print(f"\ninterrupted in epoch {epoch}: saved {ckpt_path}; continue with --resume")
-                raise SystemExit(130)
-            m = epoch_metrics(model, data, cfg, epoch, state, d)
-            history.append(m)
-            state = None
-            if d.main:
-                print_epoch(m, cfg)
-                live.update(m)
-                save_checkpoint(
-                    ckpt_path,
-                    _checkpoint_payload(cfg, epoch, None, model, optimizer, generator, history),
-                )
-                write_metrics(out, cfg, history, data.source)
-                plot_curves(out / CURVES, history, title)
-            if stop.requested:  # Ctrl-C during the test: the epoch checkpoint is saved
-                print(f"interrupted after epoch {epoch}: saved {ckpt_path}; continue with --resume")
-                raise SystemExit(130)
-    if history and epochs_done >= cfg.epochs and d.main:  # resumed a finished run: refresh
-        write_metrics(out, cfg, history, data.source)
-        plot_curves(out / CURVES, history, title)
-    return {"history": history, "final": history[-1] if history else None, "out": str(out)}
+            if not r.state.done(cfg.batch_size):  # a signal: save the partial epoch and leave
+                _save(r)
+                raise s.interrupted(f"saved {s.file(CHECKPOINT)} in epoch {epoch}")
+            _end_epoch(r, epoch)
+            if s.stop.requested:  # a signal during the test: the epoch is saved
+                raise s.interrupted(f"saved {s.file(CHECKPOINT)} after epoch {epoch}")
+        if r.history and r.epochs_done >= cfg.epochs and s.d.main:  # resumed a finished run
+            _write_outputs(r)
+        return {"history": r.history, "final": r.history[-1] if r.history else None,
+                "out": str(s.out), "run_id": s.run_id}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point; see `--help`. Returns what `run` returns."""
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see `--help`); returns the exit status (0 done, 1 error,
+    130/143 stopped by SIGINT/SIGTERM)."""
     cfg = parse_config(argv)
-    try:
-        return run(cfg)
-    except (DataError, CheckpointError, UsageError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:  # a second Ctrl-C: the last epoch checkpoint is still on disk
-        print(f"\ninterrupted; the last complete checkpoint is in {cfg.out}", file=sys.stderr)
-        raise SystemExit(130) from None
+    return cli_main(lambda: run(cfg))
 
 
 if __name__ == "__main__":
-    main()
-    distributed.exit_process(0)
+    dist.exit_process(main())

@@ -7,27 +7,22 @@
 
 Options: --per-sample (one draw per sample instead of per batch), --epochs N, --seed S,
 --data-dir D (a folder holding MNIST/raw; else $TREELSTM_DATA; else downloaded to a cache),
---out DIR (checkpoint.pt, metrics.json, curves.png), --resume, --device auto|cpu|cuda;
-`--help` lists them all. The defaults are the tutorial's settings.
+--out DIR (run.json, last.pt, metrics.json, curves.png), --resume, --overwrite,
+--device auto|cpu|cuda; `--help` lists them all. The defaults are the tutorial's settings.
 """
 
 import sys
 from pathlib import Path
-from typing import Any
 
 try:
-    from dynamic.train import main as _main
+    from dynamic.train import main
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from dynamic.train import main as _main
-from scaleout import exit_process
+    from dynamic.train import main
+from treelstm.runtime.dist import exit_process
 
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse argv (None: the command line), train and test; returns the per-epoch metrics."""
-    return _main(argv)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    main()
-    exit_process(0)  # under torchrun: skip a teardown that can abort (see scaleout.exit_process)
+    # Under torchrun: skip a teardown that can abort (see treelstm.runtime.dist.exit_process).
+    exit_process(main())

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from treelstm.cells import ChildSumCell
-from treelstm.datasets import Vocab, find_data, load_sick, load_vectors, synthetic_sick
+from treelstm.data import Vocab, find_data, load_sick, load_vectors, synthetic_sick
 from treelstm.models import RelatednessModel, TreeLSTM, relatedness_loss
 from treelstm.schedule import build_schedule
 

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from treelstm.cells import NaryCell
-from treelstm.datasets import Vocab, find_data, load_sst, load_vectors, synthetic_sst
+from treelstm.data import Vocab, find_data, load_sst, load_vectors, synthetic_sst
 from treelstm.models import SentimentModel, TreeLSTM
 from treelstm.schedule import build_schedule, collate
 

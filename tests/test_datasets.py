@@ -1,4 +1,5 @@
-"""SST / SICK readers, data location, download check, Vocab and GloVe-format vectors."""
+"""SST / SICK readers, data location, download check, Vocab and GloVe-format vectors
+(treelstm.data; `treelstm.datasets` is its former name)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from treelstm import datasets as ds
+from treelstm import data as ds
+from treelstm.data import locate
 from treelstm.tree import Tree, write_ptb
 
 from .strategies import trees
@@ -165,7 +167,7 @@ def test_download_checks_md5_then_unpacks(tmp_path, monkeypatch):
         ds.download_sst(tmp_path / "bad", url=url)
     assert not (tmp_path / "bad").exists()
     sums = {n: hashlib.md5((src / n).read_bytes()).hexdigest() for n in ds.SST_MD5}
-    monkeypatch.setattr(ds, "SST_MD5", sums)
+    monkeypatch.setattr(locate, "SST_MD5", sums)
     dest = ds.download_sst(tmp_path / "cache" / "sst", url=url)
     assert ds.load_sst(dest) == ds.load_sst(src)
 
@@ -252,7 +254,7 @@ def test_load_vectors_errors_name_file_and_line(tmp_path):
     path.write_text("a 1 2\nb 3 x\n")
     with pytest.raises(ValueError, match=r"vec\.txt:2: a vector entry is not a number"):
         ds.load_vectors(path, ds.Vocab(["a", "b"]))
-    with pytest.raises(ds.DataNotFound, match="missing word vectors"):
+    with pytest.raises(ds.DataNotFound, match="none.txt: no such file"):
         ds.load_vectors(tmp_path / "none.txt", ds.Vocab())
 
 
@@ -294,3 +296,77 @@ def test_real_sick_and_vectors_slices():
     glove = Path(REAL) / "glove" / "glove.840B.300d.sick.txt"
     w, cov = ds.load_vectors(glove, vocab)
     assert w.shape == (len(vocab), 300) and cov.fraction > 0.95
+
+
+# ----------------------------------------------------------------------------- bad data (issue 11)
+
+
+def test_an_empty_split_is_an_error_naming_the_file(tmp_path):
+    """Issue 11, case 6: an empty train split trained on nothing and exited 0."""
+    write_sst(tmp_path / "sst", n=4)
+    (tmp_path / "sst" / "train.txt").write_text("")
+    with pytest.raises(ValueError, match=r"sst/train\.txt: no trees: the train split is empty"):
+        ds.load_sst(tmp_path / "sst")
+    (tmp_path / "sst" / "train.txt").write_text("(2 (2 a) (2 b))\n")  # neutral root only
+    with pytest.raises(ValueError, match=r"train\.txt: no trees with a non-neutral root"):
+        ds.load_sst(tmp_path / "sst", "binary")
+    write_sick(tmp_path / "sick", n=3)
+    for name in ds.SICK_FILES:
+        (tmp_path / "sick" / "dev" / name).write_text("")
+    with pytest.raises(ValueError, match=r"dev/sim\.txt: no pairs: the dev split is empty"):
+        ds.load_sick(tmp_path / "sick")
+
+
+def test_a_node_wider_than_the_cell_is_refused_at_load_with_file_and_line(tmp_path):
+    """Issue 11, case 6: a tree wider than n_ary failed mid-training without file:line."""
+    write_sst(tmp_path, n=3)
+    with open(tmp_path / "dev.txt", "a") as f:
+        f.write("(2 (2 a) (2 b) (2 c))\n")
+    with pytest.raises(ValueError, match=r"dev\.txt:4: a node with 3 children; the N-ary cell"):
+        ds.load_sst(tmp_path, max_children=2)
+    assert len(ds.load_sst(tmp_path)["dev"]) == 4  # the Child-Sum cell takes any fan-out
+
+
+def test_sick_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    """Issue 11, case 6: non-UTF-8 bytes in SICK gave a decode error without the file name."""
+    write_sick(tmp_path, n=4)
+    path = tmp_path / "train" / "b.toks"
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2] + b" caf\xe9"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match=r"train/b\.toks:3: not valid UTF-8 \(byte 0xe9"):
+        ds.read_sick_split(tmp_path / "train")
+
+
+def test_a_vector_of_the_wrong_length_names_file_and_line(tmp_path):
+    """Issue 11, case 6: a 51-number line in a 50-d file silently gave a random vector."""
+    path = tmp_path / "vec.txt"
+    path.write_text("a 1 2 3\ngood 4 5 6 7\n")
+    with pytest.raises(ValueError, match=r"vec\.txt:2: 4 numbers after the word, but the file's"):
+        ds.load_vectors(path, ds.Vocab(["a", "good"]))
+    path.write_text("a 1 2 3\n. . . 4 5 6\n")  # a word with spaces (glove.840B has a few)
+    w, cov = ds.load_vectors(path, ds.Vocab(["a", ". . ."]))
+    assert cov.found == 2 and w[2].tolist() == [4, 5, 6]
+
+
+def test_a_word2vec_header_gives_the_dimension(tmp_path):
+    """Issue 11, case 6: a word2vec header line ("COUNT DIM") gave "dim 1"."""
+    path = tmp_path / "vec.txt"
+    path.write_text("2 3\na 1 2 3\nb 4 5 6\n")
+    w, cov = ds.load_vectors(path, ds.Vocab(["a", "b"]))
+    assert cov.dim == 3 and cov.found == 2 and w[2].tolist() == [4, 5, 6]
+
+
+def test_vectors_that_are_not_utf8_name_file_and_line(tmp_path):
+    path = tmp_path / "vec.txt"
+    path.write_bytes(b"a 1 2\nb\xff 3 4\n")
+    with pytest.raises(ValueError, match=r"vec\.txt:2: not valid UTF-8"):
+        ds.load_vectors(path, ds.Vocab(["a"]))
+    with pytest.raises(ds.DataNotFound, match="--embeddings .*none.txt: no such file"):
+        ds.is_uncased(tmp_path / "none.txt")
+
+
+def test_vocab_round_trips_through_its_dict():
+    v = ds.Vocab(["-LRB-", "Good"], lower=True)
+    w = ds.Vocab.from_dict(v.to_dict())
+    assert w == v and w("GOOD") == v("good") == 2 and w("(") == 1

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaleout import FAIL_ENV
 from treelstm import train as T
+from treelstm.runtime.faults import FAIL_ENV
 
 pytestmark = pytest.mark.slow  # each torchrun launch costs ~5 s on 2 cores
 
@@ -84,15 +84,13 @@ def test_two_processes_end_with_the_weights_and_metrics_of_one(two_sst, tmp_path
     assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-5)
     stdout = (two_sst / "stdout.txt").read_text()
     assert stdout.count("epoch 1/1:") == 1 and stdout.count("test (best dev epoch") == 1
-    written = sorted(p.name for p in two_sst.iterdir())
-    assert written == ["best.pt", "curves.png", "last.pt", "metrics.json", "stdout.txt"]
+    written = sorted(p.name for p in two_sst.iterdir() if not p.name.startswith("."))
+    assert written == ["best.pt", "curves.png", "last.pt", "metrics.json", "run.json", "stdout.txt"]
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(two_sst, tmp_path):
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    resumed.mkdir()
-    shutil.copy(two_sst / "last.pt", resumed / "last.pt")
-    shutil.copy(two_sst / "best.pt", resumed / "best.pt")
+    shutil.copytree(two_sst, resumed)  # a run moves with its folder (run.json names it)
     assert one_process(resumed, "--epochs", "2", "--resume") == 0
     assert one_process(straight, "--epochs", "2") == 0
     assert_same_weights(resumed / "last.pt", straight / "last.pt")

@@ -38,8 +38,10 @@ def test_reproduce_dry_run_writes_the_table_and_skips_finished_runs(task, tmp_pa
 def _fake_run(out: Path, protocol: str, seed: int, test: dict, wall: float = 10.0) -> None:
     d = out / protocol / f"seed{seed}"
     d.mkdir(parents=True)
-    m = {"config": {"seed": seed, "epochs": 10}, "test": test, "wall_time_s": wall,
-         "best_epoch": 3}  # fmt: skip
+    run_id = f"run{seed}"
+    (d / "run.json").write_text(json.dumps({"format": "treelstm-run", "run_id": run_id}))
+    m = {"run_id": run_id, "complete": True, "config": {"seed": seed, "epochs": 10},
+         "test": test, "wall_time_s": wall, "best_epoch": 3}  # fmt: skip
     (d / "metrics.json").write_text(json.dumps(m))
 
 
@@ -47,6 +49,10 @@ def test_summary_mean_and_sample_std(tmp_path):
     for seed, acc in enumerate([0.50, 0.52, 0.51]):
         _fake_run(tmp_path, "sst-fine", seed, {"accuracy": acc})
     (tmp_path / "sst-fine" / "seed9").mkdir()  # unfinished: no metrics.json, ignored
+    _fake_run(tmp_path, "sst-fine", 7, {"accuracy": 0.9})  # another run's metrics: ignored
+    (tmp_path / "sst-fine" / "seed7" / "run.json").write_text(
+        json.dumps({"format": "treelstm-run", "run_id": "someone-else"})
+    )
     s = rp.summarize(tmp_path, "sst")
     got = s["sst-fine"]["metrics"]["accuracy"]
     assert got["mean"] == pytest.approx(51.0) and got["std"] == pytest.approx(1.0)
@@ -76,3 +82,24 @@ def test_example_dry_run(script, capsys):
     module.main(["--dry-run"])
     out = capsys.readouterr().out
     assert "dry run" in out and "epoch 2" in out and "dev" in out
+
+
+def test_changed_settings_are_not_reported_as_finished(tmp_path, capsys):
+    """Issue 11, case 1: a finished run counts as done only for the settings it was made with.
+    More --epochs extends it (resumed, not repeated); another --hidden stops with an error
+    naming the run folder and the setting, instead of "finished earlier"."""
+    args = ["sick", "--dry-run", "--out", str(tmp_path), "--threads", "1", "--no-progress",
+            "--start-seed", "0", "--seeds", "1", "--epochs", "1"]  # fmt: skip
+    assert rp.main(args) == 0
+    first = json.loads((tmp_path / "sick" / "seed0" / "metrics.json").read_text())
+    assert len(first["epochs"]) == 1
+    capsys.readouterr()
+    assert rp.main([*args[:-1], "2"]) == 0
+    out = capsys.readouterr().out
+    assert "finished earlier" not in out and "resumed from" in out
+    second = json.loads((tmp_path / "sick" / "seed0" / "metrics.json").read_text())
+    assert len(second["epochs"]) == 2 and second["epochs"][0] == first["epochs"][0]
+    assert rp.main([*args[:-1], "2", "--hidden", "8"]) == 1
+    captured = capsys.readouterr()
+    assert "finished earlier" not in captured.out
+    assert "seed0 holds a run with other settings (hidden: 16 -> 8)" in captured.err

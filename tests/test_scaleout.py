@@ -1,4 +1,5 @@
-"""scaleout helpers that need no second process: sharding and how a worker exits."""
+"""torchrun helpers (treelstm.runtime.dist) that need no second process: sharding and how a
+worker exits; the old `scaleout` name still imports."""
 
 import os
 import subprocess
@@ -7,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-import scaleout
-from scaleout import Dist
+from treelstm.runtime import dist
+from treelstm.runtime.dist import Dist
 
 REPO = Path(__file__).resolve().parents[1]
 
 EXIT_SCRIPT = """
 import atexit, sys
-import scaleout
+from treelstm.runtime import dist
 atexit.register(lambda: print("teardown ran", flush=True))
 print("written before exit", end="")   # no newline, no flush: must still come out
 sys.stderr.write("to stderr")
-scaleout.exit_process(3)
+dist.exit_process(3)
 print("never reached")
 """
 
@@ -54,7 +55,14 @@ def test_a_single_process_exits_normally():
 def test_shards_cover_the_batch_in_order_and_differ_by_at_most_one(n, world):
     """Concatenating every rank's share gives back the global batch; sizes differ by <= 1."""
     batch = list(range(n))
-    shares = [scaleout.shard(batch, Dist(rank, world)) for rank in range(world)]
+    shares = [dist.shard(batch, Dist(rank, world)) for rank in range(world)]
     assert sum(shares, []) == batch
     sizes = [len(s) for s in shares]
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_the_old_scaleout_name_still_imports():
+    import scaleout
+    from treelstm.runtime.files import atomic_write
+
+    assert scaleout.exit_process is dist.exit_process and scaleout.atomic_write is atomic_write

@@ -5,9 +5,12 @@ paper's numbers.
     python -m treelstm.reproduce sick --seeds 5 --data-dir D --out runs/repro
     python -m treelstm.reproduce sst --dry-run --out /tmp/r                      # seconds, offline
 
-Each run is ``treelstm.train`` in ``OUT/<protocol>/seed<k>/``; a run whose ``metrics.json``
-exists is not repeated and an unfinished one is resumed, so the command can be stopped and
-restarted, or several copies started on different ``--start-seed``. The table is made from
+Each run is ``treelstm.train`` in ``OUT/<protocol>/seed<k>/``. A run that finished with the
+settings asked for (its ``metrics.json`` belongs to the run in the folder and was written with
+the same settings, ``--epochs`` included) is not repeated; any other is resumed, so the command
+can be stopped and restarted, or several copies started on different ``--start-seed``. More
+``--epochs`` than a finished run had extends it; other changed settings (``--hidden``...) stop
+with an error naming the folder, never reporting the old run as done. The table is made from
 every finished run found under ``OUT/<protocol>/`` and written to ``OUT/<task>.md`` (and
 ``.json``).
 """
@@ -15,15 +18,15 @@ every finished run found under ``OUT/<protocol>/`` and written to ``OUT/<task>.m
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import datasets as ds
-from .train import TrainConfig, TrainingError, add_config_arguments, train
+from .runtime import RunError, add_config_arguments, cli_main, config_diff, read_json, read_run_file
+from .runtime.files import atomic_write_bytes, write_json
+from .train import METRICS, TrainConfig, train
 
 __all__ = ["PAPER", "TARGETS", "ReproduceConfig", "reproduce", "summarize", "main"]
 
@@ -55,7 +58,7 @@ class ReproduceConfig:
     hidden: int = 150  # Tree-LSTM memory size
     subset: int | None = None  # train on the first N training examples only (quick looks)
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    threads: int | None = None  # torch threads per run (1 when several copies share a CPU)
+    threads: int = 0  # torch threads per run (1 when several copies share a CPU); 0: default
     table_only: bool = False  # run nothing: tabulate the finished runs under --out
     dry_run: bool = False  # generated data, tiny models, 2 seeds x 2 epochs: no data needed
     progress: bool = True  # tqdm progress bars
@@ -71,15 +74,50 @@ def _protocols(cfg: ReproduceConfig) -> list[str]:
     return [f"sst-{m}" for m in modes]
 
 
-def _finished(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
+def _finished(run_dir: Path, expected: TrainConfig | None = None) -> dict | None:
+    """The metrics of the finished run in ``run_dir``, or None.
+
+    Finished: ``metrics.json`` is complete and carries the run id of the folder's run.json (a
+    metrics file of another run, or of an older version without run ids, does not count).
+    With ``expected`` (a resolved config), the run must also have been made with its settings,
+    ``--epochs`` included (the rest of `TrainConfig.RESUMABLE` may differ).
+    """
+    path = run_dir / METRICS
     if not path.exists():
         return None
     try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        run = read_run_file(run_dir)
+        m = read_json(path)
+    except (OSError, ValueError, RunError):
         return None
-    return m if isinstance(m, dict) and "test" in m else None
+    if not (run and isinstance(m, dict) and m.get("complete") and "test" in m):
+        return None
+    if m.get("run_id") != run["run_id"]:
+        return None
+    if expected is not None:
+        same = TrainConfig.RESUMABLE - {"epochs"}
+        if config_diff(m.get("config", {}), dataclasses.asdict(expected), same):
+            return None
+    return m
+
+
+def _run_config(cfg: ReproduceConfig, protocol: str, seed: int, run_dir: Path) -> TrainConfig:
+    return TrainConfig(
+        task=cfg.task,
+        mode=protocol.split("-")[1] if cfg.task == "sst" else "fine",
+        data_dir=cfg.data_dir,
+        out=str(run_dir),
+        epochs=cfg.epochs,
+        embeddings=cfg.embeddings,
+        hidden=cfg.hidden,
+        subset=cfg.subset,
+        seed=seed,
+        device=cfg.device,
+        threads=cfg.threads,
+        resume=True,
+        dry_run=cfg.dry_run,
+        progress=cfg.progress,
+    )
 
 
 def reproduce(cfg: ReproduceConfig, log=print) -> dict:
@@ -92,33 +130,16 @@ def reproduce(cfg: ReproduceConfig, log=print) -> dict:
         for protocol in _protocols(cfg):
             for seed in seeds:
                 run_dir = out / protocol / f"seed{seed}"
-                if _finished(run_dir):
+                run_cfg = _run_config(cfg, protocol, seed, run_dir)
+                if _finished(run_dir, run_cfg.resolved()):
                     log(f"{protocol} seed {seed}: finished earlier ({run_dir}/metrics.json)")
                     continue
                 log(f"{protocol} seed {seed} -> {run_dir}")
-                train(
-                    TrainConfig(
-                        task=cfg.task,
-                        mode=protocol.split("-")[1] if cfg.task == "sst" else "fine",
-                        data_dir=cfg.data_dir,
-                        out=str(run_dir),
-                        epochs=cfg.epochs,
-                        embeddings=cfg.embeddings,
-                        hidden=cfg.hidden,
-                        subset=cfg.subset,
-                        seed=seed,
-                        device=cfg.device,
-                        threads=cfg.threads,
-                        resume=True,
-                        dry_run=cfg.dry_run,
-                        progress=cfg.progress,
-                    ),
-                    log=log,
-                )
+                train(run_cfg, log=log)
     summary = summarize(out, cfg.task)
     table = format_table(summary, cfg)
-    (out / f"{cfg.task}.md").write_text(table)
-    (out / f"{cfg.task}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_bytes(out / f"{cfg.task}.md", table.encode("utf-8"))
+    write_json(out / f"{cfg.task}.json", summary)
     log(table)
     return summary
 
@@ -222,19 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 done, 1 error, 130/143 stopped)."""
     args = build_parser().parse_args(argv)
     cfg = ReproduceConfig(**vars(args))
     t0 = time.perf_counter()
-    try:
-        reproduce(cfg)
-    except KeyboardInterrupt:
-        return 130
-    except (TrainingError, ds.DataNotFound, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"reproduce {cfg.task}: {time.perf_counter() - t0:.0f} s")
-    return 0
+    code = cli_main(lambda: reproduce(cfg))
+    if code == 0:
+        print(f"reproduce {cfg.task}: {time.perf_counter() - t0:.0f} s")
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
