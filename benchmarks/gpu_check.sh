@@ -32,4 +32,4 @@ $PY -m benchmarks.batching --device "$DEVICE" --data-dir "$DATA" --reps 3 \
     --batch-sizes 1,25,256 --strategies recursive,tree,level --json "$OUT/batching_slow.json"
 
 $PY -m treelstm.train sst --data-dir "$DATA" --device "$DEVICE" --epochs 1 --batch-size 256 \
-    --workers 4 --no-progress --out "$OUT/sst" 2>&1 | tee "$OUT/sst_epoch.log"
+    --workers 4 --no-progress --overwrite --out "$OUT/sst" 2>    --workers 4 --no-progress --out "$OUT/sst" 2>&11 | tee "$OUT/sst_epoch.log"

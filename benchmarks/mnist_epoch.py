@@ -52,7 +52,7 @@ from dynamic.train import (
     resolve_data_dir,
     train,
 )
-from scaleout import atomic_write
+from treelstm.runtime import atomic_write
 
 STRATEGIES = ("tutorial", "ours", "ours-faithful")
 WARMUP_BATCHES = 20

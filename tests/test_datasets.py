@@ -1,5 +1,5 @@
 """SST / SICK readers, data location, download check, Vocab and GloVe-format vectors
-(treelstm.data; `treelstm.datasets` is its former name)."""
+(treelstm.data)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from hypothesis import given, settings
 
 from treelstm import data as ds
 from treelstm.data import locate
-from treelstm.tree import Tree, write_ptb
+from treelstm.formats import write_ptb
+from treelstm.tree import Tree
 
 from .strategies import trees
 

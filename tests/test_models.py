@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treelstm.cells import ChildSumCell, NaryCell
-from treelstm.datasets import Vocab, synthetic_sick, synthetic_sst
+from treelstm.data import Vocab, synthetic_sick, synthetic_sst
 from treelstm.models import (
     RelatednessModel,
     SentimentModel,

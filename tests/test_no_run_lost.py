@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from dynamic import train as dyn
-from treelstm import datasets as ds
+from treelstm import data as ds
 from treelstm import train as tr
-from treelstm.tree import write_ptb
+from treelstm.formats import write_ptb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

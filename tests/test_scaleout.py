@@ -1,5 +1,5 @@
 """torchrun helpers (treelstm.runtime.dist) that need no second process: sharding and how a
-worker exits; the old `scaleout` name still imports."""
+worker exits."""
 
 import os
 import subprocess
@@ -59,10 +59,3 @@ def test_shards_cover_the_batch_in_order_and_differ_by_at_most_one(n, world):
     assert sum(shares, []) == batch
     sizes = [len(s) for s in shares]
     assert max(sizes) - min(sizes) <= 1
-
-
-def test_the_old_scaleout_name_still_imports():
-    import scaleout
-    from treelstm.runtime.files import atomic_write
-
-    assert scaleout.exit_process is dist.exit_process and scaleout.atomic_write is atomic_write

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treelstm.tree import FlatTree, Tree, normalize_token, read_parents, read_ptb, write_ptb
+from treelstm.formats import normalize_token, read_parents, read_ptb, write_ptb
+from treelstm.tree import FlatTree, Tree
 
 from .strategies import binary_trees, chains, dependency_parents, forests, trees
 

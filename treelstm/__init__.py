@@ -4,7 +4,7 @@ trees -> build_schedule -> TreeLSTM(encoder) -> head
 """
 
 from .cells import ChildSumCell, NaryCell, TreeCell
-from .datasets import DataNotFound, Pair, Vocab, find_data, load_sick, load_sst, load_vectors
+from .data import DataNotFound, Pair, Vocab, find_data, load_sick, load_sst, load_vectors
 from .executor import STRATEGIES, evaluate_tree, run
 from .formats import (
     Collapsed,

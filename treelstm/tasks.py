@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import data as ds
+from .labels import IGNORE_INDEX
 from .metrics import relatedness_metrics, sentiment_metrics
 from .models import RelatednessModel, SentimentModel, TreeLSTM, relatedness_loss
 from .schedule import Schedule, build_schedule, collate
@@ -123,7 +124,9 @@ class SentimentTask(Task):
 
     def loss(self, model: nn.Module, batch: Schedule) -> torch.Tensor:
         logits = model(batch)
-        total = nn.functional.cross_entropy(logits, batch.labels, ignore_index=-1, reduction="sum")
+        total = nn.functional.cross_entropy(
+            logits, batch.labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         return total / batch.batch_size
 
     def outputs(self, model: nn.Module, batch: Schedule) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..tree import Tree, read_parents
+from ..formats.parents import read_parents
+from ..tree import Tree
 from .locate import SICK_HOWTO
 from .text import need, read_lines
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..tree import Tree, read_ptb
+from ..formats.ptb import read_ptb
+from ..tree import Tree
 from .locate import SST_HOWTO
 from .text import need
 

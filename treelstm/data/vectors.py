@@ -10,7 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..tree import Tree, normalize_token
+from ..formats.ptb import normalize_token
+from ..tree import Tree
 from .locate import DataNotFound
 
 __all__ = ["Coverage", "Vocab", "find_vectors", "is_uncased", "load_vectors"]
