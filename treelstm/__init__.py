@@ -1,6 +1,6 @@
 """treelstm: Tree-LSTMs (Tai, Socher & Manning 2015) batched level by level in PyTorch.
 
-trees -> build_schedule -> TreeLSTM(encoder) -> head
+trees -> build_schedule -> TreeLSTM(encoder) -> head;  load_model(run).predict(trees)
 """
 
 from .cells import ChildSumCell, NaryCell, TreeCell
@@ -28,6 +28,9 @@ from .models import (
 from .schedule import Schedule, build_schedule, collate
 from .tree import FlatTree, Tree
 
+# Last: inference sits on top of everything above (it rebuilds a run's model with train's code).
+from .inference import TrainedModel, load_model  # noqa: E402  (isort: skip)
+
 __all__ = [
     "IGNORE_INDEX",
     "STRATEGIES",
@@ -47,11 +50,13 @@ __all__ = [
     "Tree",
     "TreeCell",
     "TreeLSTM",
+    "TrainedModel",
     "binarize",
     "build_schedule",
     "collate",
     "evaluate_tree",
     "find_data",
+    "load_model",
     "load_sick",
     "load_sst",
     "load_vectors",
