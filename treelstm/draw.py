@@ -47,7 +47,7 @@ TITLE_SIZE = 13.0  # px: a tree's title line
 RADIUS = 5.5  # px: a node's dot
 MARGIN = 14.0  # px around the picture
 WORD_GAP = 9.0  # px between two level words
-TILT_STEP = 19.0  # px between two leaves when the words are tilted (one line of 12 px text)
+TILT_STEP = 20.0  # px between two tilted words: 14 px apart across their slant (one text line)
 EDGE = "#9a9a9a"
 INK = "#222222"
 # ColorBrewer RdBu (Brewer 2002), colour-blind safe; the neutral centre is a light grey rather

@@ -294,10 +294,12 @@ class RelatednessTask(Task):
                 for p, s, lp in zip(examples, scores, logp.exp().cpu(), strict=True)]  # fmt: skip
 
     def gold_metrics(self, predictions: Sequence[PairPrediction]) -> dict[str, float] | None:
-        """Pearson r, Spearman rho and MSE against the pairs' known scores (all or none)."""
+        """Pearson r, Spearman rho and MSE against the pairs' known scores (all or none),
+        the scores in float32 as `PairCollate` gives them to the trainer's metrics."""
         if not predictions or any(math.isnan(p.gold) for p in predictions):
             return None
-        return relatedness_metrics([p.score for p in predictions], [p.gold for p in predictions])
+        gold = torch.tensor([p.gold for p in predictions], dtype=torch.float32).double()
+        return relatedness_metrics([p.score for p in predictions], gold.numpy())
 
 
 _INT = re.compile(r"[-+]?[0-9]+")
