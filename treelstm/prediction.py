@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .formats.ptb import normalize_token
@@ -78,7 +79,7 @@ class TreePrediction:
         tree's own, or null) and probabilities (4 decimals)."""
         flat = self.tree.flat()
         classes = self.classes.tolist()
-        probs = self.probs.tolist()
+        probs = torch.round(self.probs.double(), decimals=_DIGITS).tolist()
         nodes = [
             {
                 "parent": int(flat.parent[i]),
@@ -86,7 +87,7 @@ class TreePrediction:
                 "class": classes[i],
                 "label": self.names[classes[i]],
                 "gold": _plain(flat.labels[i]),
-                "probs": [round(p, _DIGITS) for p in probs[i]],
+                "probs": probs[i],
             }
             for i in range(len(classes))
         ]
@@ -121,7 +122,7 @@ class PairPrediction:
             "a": " ".join(self.a.words()),
             "b": " ".join(self.b.words()),
             "score": round(self.score, _DIGITS),
-            "probs": [round(p, _DIGITS) for p in self.probs.tolist()],
+            "probs": torch.round(self.probs.double(), decimals=_DIGITS).tolist(),
             "gold": None if math.isnan(self.gold) else self.gold,
         }
 

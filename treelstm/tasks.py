@@ -171,7 +171,10 @@ class SentimentTask(Task):
 
     def example(self, item: Any, where: str) -> Tree:
         if isinstance(item, str):
-            return Tree.from_ptb(item, label_type=_sst_label, where=where)
+            try:  # SST's integer labels: the reader's fast path
+                return Tree.from_ptb(item, where=where)
+            except ValueError:  # other labels (a parser's "NP") are kept as text
+                return Tree.from_ptb(item, label_type=_sst_label, where=where)
         if not isinstance(item, Tree):
             raise TypeError(f"{where}: a {type(item).__name__}, not a Tree or PTB text")
         return item
