@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from treelstm.train import TrainConfig
 from .test_datasets import write_sick, write_sst
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
 SMALL = dict(embeddings="none", emb_dim=16, hidden=16, threads=1, progress=False, epochs=1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,6 +164,17 @@ def test_load_model_gives_an_eval_model_predicting_every_node(sst_run):
     # one at a time or together: the same classes
     alone = model.predict([trees[0]], batch_size=1)[0]
     assert torch.equal(alone.classes, preds[0].classes)
+
+
+def test_the_readme_block_runs(sst_run):
+    """The README's load_model block (a ```py fence: it needs a trained run, which the
+    README's own python-block test does not have) runs against this one."""
+    text = (ROOT / "README.md").read_text()
+    [code] = [b for b in re.findall(r"```py\n(.*?)```", text, re.S) if "load_model" in b]
+    scope: dict = {}
+    exec(compile(code.replace("runs/sst-fine", str(sst_run)), "README.md", "exec"), scope)
+    p = scope["p"]
+    assert p.root_label in NAMES and p.probs.shape == (5, 5) and len(p.labels()) == 5
 
 
 def test_the_checkpoint_carries_the_lookup_rules(sst_run):
