@@ -383,3 +383,21 @@ def test_last_pt_loads_the_latest_weights(sst_run):
     assert model.source["role"] == "last" and model.source["epoch"] == 1
     [p] = model.predict(["(3 (2 a) (3 good))"])
     assert p.probs.shape == (3, 5)
+
+
+def test_the_package_does_not_import_the_trainer_until_load_model_is_used():
+    """`python -m treelstm.train` must not find itself imported by `import treelstm` (runpy
+    warns on stderr, which breaks the one-line errors), so load_model is imported lazily."""
+    code = (
+        "import sys, treelstm; assert 'treelstm.train' not in sys.modules; "
+        "treelstm.load_model; assert 'treelstm.train' in sys.modules"
+    )
+    r = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr

@@ -28,9 +28,6 @@ from .models import (
 from .schedule import Schedule, build_schedule, collate
 from .tree import FlatTree, Tree
 
-# Last: inference sits on top of everything above (it rebuilds a run's model with train's code).
-from .inference import TrainedModel, load_model  # noqa: E402  (isort: skip)
-
 __all__ = [
     "IGNORE_INDEX",
     "STRATEGIES",
@@ -69,3 +66,14 @@ __all__ = [
     "unbinarize",
     "write_ptb",
 ]
+
+
+def __getattr__(name: str):
+    """`load_model` and `TrainedModel` (treelstm.inference) on first use: inference rebuilds a
+    run's model with the trainer's code, and importing ``treelstm.train`` with the package
+    would make ``python -m treelstm.train`` find itself already imported (runpy warns)."""
+    if name in ("load_model", "TrainedModel"):
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'treelstm' has no attribute {name!r}")
