@@ -1,6 +1,6 @@
 """treelstm: Tree-LSTMs (Tai, Socher & Manning 2015) batched level by level in PyTorch.
 
-trees -> build_schedule -> TreeLSTM(encoder) -> head
+trees -> build_schedule -> TreeLSTM(encoder) -> head;  load_model(run).predict(trees)
 """
 
 from .cells import ChildSumCell, NaryCell, TreeCell
@@ -47,11 +47,13 @@ __all__ = [
     "Tree",
     "TreeCell",
     "TreeLSTM",
+    "TrainedModel",
     "binarize",
     "build_schedule",
     "collate",
     "evaluate_tree",
     "find_data",
+    "load_model",
     "load_sick",
     "load_sst",
     "load_vectors",
@@ -64,3 +66,14 @@ __all__ = [
     "unbinarize",
     "write_ptb",
 ]
+
+
+def __getattr__(name: str):
+    """`load_model` and `TrainedModel` (treelstm.inference) on first use: inference rebuilds a
+    run's model with the trainer's code, and importing ``treelstm.train`` with the package
+    would make ``python -m treelstm.train`` find itself already imported (runpy warns)."""
+    if name in ("load_model", "TrainedModel"):
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'treelstm' has no attribute {name!r}")

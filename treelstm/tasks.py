@@ -12,6 +12,8 @@ class with the same methods, registered in `TASKS`.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,9 @@ from torch import nn
 
 from . import data as ds
 from .labels import IGNORE_INDEX
-from .metrics import relatedness_metrics, sentiment_metrics
+from .metrics import relatedness_metrics, sentiment_metrics, sentiment_predictions
 from .models import RelatednessModel, SentimentModel, TreeLSTM, relatedness_loss
+from .prediction import PairPrediction, TreePrediction
 from .schedule import Schedule, build_schedule, collate
 from .tree import Tree
 
@@ -48,6 +51,7 @@ class Task:
     vector_files: ClassVar[tuple[str, ...]]  # word vectors looked for beside the data, in order
     primary: ClassVar[str]  # the dev metric that picks the best epoch (higher is better)
     defaults: ClassVar[dict[str, Any]]  # config defaults that depend on the task
+    inputs: ClassVar[str]  # what one example is: "trees" (one tree) or "pairs" (two trees)
 
     protocol: str  # the row of the paper's table
     labels: tuple[str, ...]  # the output classes' names
@@ -83,6 +87,22 @@ class Task:
         """The task as a checkpoint records it: what a saved model's outputs mean."""
         raise NotImplementedError
 
+    def example(self, item: Any, where: str) -> Any:
+        """One input to predict as this task's example (a `Tree` for SST; a `data.Pair`, or
+        an (a, b) tuple of trees, for SICK); ``where`` names it in a ValueError."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, batch, examples: Sequence) -> list:
+        """What ``model`` (in eval mode) predicts for each of ``examples``, whose `collate`d
+        ``batch`` this is: one `prediction.TreePrediction` / `PairPrediction` each, on the
+        CPU, in order."""
+        raise NotImplementedError
+
+    def gold_metrics(self, predictions: Sequence) -> dict[str, float] | None:
+        """The task's metrics of ``predictions`` against the gold labels the examples carry
+        (as the trainer computes them), or None when they carry none."""
+        raise NotImplementedError
+
 
 class SentimentTask(Task):
     """SST: a class at every node (cross-entropy summed over a tree's labelled nodes, averaged
@@ -90,6 +110,7 @@ class SentimentTask(Task):
     `metrics.sentiment_predictions`)."""
 
     name = "sst"
+    inputs = "trees"
     cells = ("nary", "childsum")
     vector_files = ("glove.840B.300d.txt", "glove.6B.300d.txt", "glove.6B.50d.sst_sick.txt")
     primary = "accuracy"
@@ -148,6 +169,48 @@ class SentimentTask(Task):
         return {"name": self.name, "mode": self.mode, "protocol": self.protocol,
                 "labels": list(self.labels), "prediction": rule}  # fmt: skip
 
+    def example(self, item: Any, where: str) -> Tree:
+        if isinstance(item, str):
+            try:  # SST's integer labels: the reader's fast path
+                return Tree.from_ptb(item, where=where)
+            except ValueError:  # other labels (a parser's "NP") are kept as text
+                return Tree.from_ptb(item, label_type=_sst_label, where=where)
+        if not isinstance(item, Tree):
+            raise TypeError(f"{where}: a {type(item).__name__}, not a Tree or PTB text")
+        return item
+
+    def predict(self, model: nn.Module, batch: Schedule, examples: Sequence) -> list:
+        """A class at every node: the argmax, and at the roots the protocol's sentence rule
+        (`metrics.sentiment_predictions`: the same as the trainer's root accuracy)."""
+        logits = model(batch).float()
+        classes = sentiment_predictions(logits, "fine")
+        if self.mode == "binary":  # a sentence is negative or positive, never neutral
+            classes[batch.roots] = sentiment_predictions(logits[batch.roots], self.mode)
+        logits, classes = logits.cpu(), classes.cpu()
+        parts = zip(batch.split(logits), batch.split(logits.softmax(1)), batch.split(classes),
+                    strict=True)  # fmt: skip
+        return [TreePrediction(t, self.labels, c, p, lg)
+                for t, (lg, p, c) in zip(examples, parts, strict=True)]  # fmt: skip
+
+    def gold_metrics(self, predictions: Sequence[TreePrediction]) -> dict[str, float] | None:
+        """Root (and node) accuracy against labels 0..4 on every node, as in the SST files:
+        in the binary protocol the labels are binarised and neutral-root trees left out, as
+        `data.load_sst` does for training, so a split's numbers equal the trainer's."""
+        if not predictions or not all(_sst_labelled(p.tree) for p in predictions):
+            return None
+        if self.mode == "binary":
+            predictions = [p for p in predictions if p.tree.label != 2]
+            if not predictions:
+                return None
+        trees = [p.tree if self.mode == "fine" else ds.binarize_labels(p.tree)
+                 for p in predictions]  # fmt: skip
+        node_labels = [torch.tensor(t.flat().labels) for t in trees]
+        return sentiment_metrics(
+            torch.stack([p.logits[-1] for p in predictions]),
+            torch.stack([lab[-1] for lab in node_labels]), self.mode,
+            torch.cat([p.logits for p in predictions]), torch.cat(node_labels),
+        )  # fmt: skip
+
 
 class PairCollate:
     """collate_fn for SICK: (schedule of the a trees, schedule of the b trees, scores [B])."""
@@ -166,6 +229,7 @@ class RelatednessTask(Task):
     the 5 entries (the reference's DistKLDivCriterion); the prediction is the expected score."""
 
     name = "sick"
+    inputs = "pairs"
     cells = ("childsum",)  # dependency trees: any fan-out
     vector_files = ("glove.840B.300d.txt", "glove.840B.300d.sick.txt", "glove.6B.50d.sst_sick.txt")
     primary = "pearson"
@@ -217,6 +281,42 @@ class RelatednessTask(Task):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "protocol": self.protocol, "labels": list(self.labels),
                 "prediction": "expected score: sum over r = 1..5 of r * p(r)"}  # fmt: skip
+
+    def example(self, item: Any, where: str) -> ds.Pair:
+        if isinstance(item, ds.Pair):
+            return item
+        if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, Tree) for t in item):
+            return ds.Pair(item[0], item[1], math.nan, where)
+        raise TypeError(f"{where}: a {type(item).__name__}, not a Pair or an (a, b) tuple of trees")
+
+    def predict(self, model: nn.Module, batch, examples: Sequence) -> list:
+        a, b, _ = batch
+        logp = model(a, b).float()
+        scores = model.expected_score(logp).cpu().tolist()
+        return [PairPrediction(p.a, p.b, self.labels, s, lp, p.score)
+                for p, s, lp in zip(examples, scores, logp.exp().cpu(), strict=True)]  # fmt: skip
+
+    def gold_metrics(self, predictions: Sequence[PairPrediction]) -> dict[str, float] | None:
+        """Pearson r, Spearman rho and MSE against the pairs' known scores (all or none),
+        the scores in float32 as `PairCollate` gives them to the trainer's metrics."""
+        if not predictions or any(math.isnan(p.gold) for p in predictions):
+            return None
+        gold = torch.tensor([p.gold for p in predictions], dtype=torch.float32).double()
+        return relatedness_metrics([p.score for p in predictions], gold.numpy())
+
+
+_INT = re.compile(r"[-+]?[0-9]+")
+
+
+def _sst_label(text: str) -> int | str:
+    """A PTB label read for prediction: an integer (SST's classes, the gold labels) when it is
+    one, else the text as it is (a parser's "NP"; such trees are predicted all the same)."""
+    return int(text) if _INT.fullmatch(text) else text
+
+
+def _sst_labelled(tree: Tree) -> bool:
+    """Whether every node carries an SST label 0..4."""
+    return all(isinstance(n.label, int) and 0 <= n.label <= 4 for n in tree.preorder())
 
 
 TASKS: dict[str, type[Task]] = {"sst": SentimentTask, "sick": RelatednessTask}

@@ -133,7 +133,8 @@ def _check_header(path: Path, doc: dict) -> None:
     if fmt in _OLD or (fmt is None and doc.get("version") == 1):
         raise CheckpointError(
             f"{path} was written by an older treelstm (checkpoint version 1, no checksum); "
-            "this version cannot resume it: start the run again (--overwrite) or use another --out"
+            "this version can neither resume it nor predict with it: start the run again "
+            "(--overwrite) or use another --out"
         )
     if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a treelstm checkpoint (format {fmt!r})")
