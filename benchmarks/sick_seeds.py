@@ -12,6 +12,9 @@ generator and SICK has no dropout), so the training trajectory, and the best-on-
 metrics, are the trainer's own: a check compares them with its ``metrics.json``. Batches are a
 function of (seed, epoch) only, so the first 10 epochs of a 20-epoch run are the 10-epoch run.
 
+``--init reference`` draws the cell's weights as the reference code does (Torch7's nn.Linear
+default) instead of the library's uniform(+-1/sqrt(H)).
+
 `table` compares epoch-selection rules over the finished seeds: best dev Pearson r (the
 reference's rule and the trainer's), best dev MSE, lowest dev KL (the training loss), the last
 epoch, within 10 and 20 epochs; and the mean over seed blocks of 5 (as the paper reports).
@@ -26,7 +29,10 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
+
 from treelstm import train as trainer
+from treelstm.cells import ChildSumCell
 
 RULES = {
     # name: (dev metric, True when larger is better)
@@ -68,6 +74,9 @@ def run_seed(args, seed: int) -> Path:
         return result
 
     trainer.load_data, trainer.evaluate = load_data, evaluate_too
+    reset = ChildSumCell.reset_parameters
+    if args.init == "reference":
+        ChildSumCell.reset_parameters = _torch7_linear_init
     try:
         cfg = trainer.TrainConfig(
             task="sick",
@@ -82,6 +91,7 @@ def run_seed(args, seed: int) -> Path:
         metrics = trainer.train(cfg, log=lambda *a, **k: None)
     finally:
         trainer.load_data, trainer.evaluate = load, evaluate
+        ChildSumCell.reset_parameters = reset
     best = metrics["best_epoch"]
     if epochs[best - 1]["test"] != metrics["test"]:  # the trajectory must be the trainer's
         raise SystemExit(f"seed {seed}: per-epoch test of epoch {best} differs from metrics.json")
@@ -90,6 +100,18 @@ def run_seed(args, seed: int) -> Path:
     tmp.write_text(json.dumps(doc, indent=1, default=float) + "\n")
     tmp.replace(out / "epochs.json")
     return out
+
+
+def _torch7_linear_init(cell) -> None:
+    """The reference code's initialisation: Torch7's nn.Linear default, uniform(+-1/sqrt(fan
+    in)) for weight and bias, so W (x, fan in 300) is narrower than U (h, fan in 150); the
+    library draws every cell weight from uniform(+-1/sqrt(H))."""
+    for lin in (cell.W, cell.U):
+        bound = lin.in_features**-0.5
+        for p in lin.parameters():
+            torch.nn.init.uniform_(p, -bound, bound)
+    if not cell.forget_input:
+        torch.nn.init.zeros_(cell.b_f)
 
 
 def pick(epochs: list[dict], rule: str | None, budget: int) -> dict:
@@ -128,9 +150,63 @@ def table(args) -> int:
             name = rule or "last epoch"
             print(f"| {name} | {budget} | " + " | ".join(cells) + " |")
             out["rules"][f"{name} @ {budget}"] = picked
+    _paired(docs, n_ep)
+    _blocks(docs, n_ep)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def _neg(x: float) -> bool:
+    return x < 0
+
+
+def _zero(x: float) -> bool:
+    return x == 0
+
+
+def _pos(x: float) -> bool:
+    return x > 0
+
+
+def _paired(docs: list[dict], n_ep: int) -> None:
+    """Each rule against the trainer's rule on the same seeds: the mean and standard error of
+    the per-seed difference in test MSE and r, and on how many seeds MSE went down."""
+    base = [pick(d["epochs"], next(iter(RULES)), 10) for d in docs]
+    n = len(docs)
+    print(f"\nPaired with the trainer's rule at 10 epochs ({n} seeds; mean ± standard error):\n")
+    print("| rule | epochs | Δ MSE | Δ r | seeds: MSE lower/same/higher |\n|---|---|---|---|---|")
+    for budget in sorted({min(10, n_ep), n_ep}):
+        for rule in [*RULES, None]:
+            picked = [pick(d["epochs"], rule, budget) for d in docs]
+            dm = [p["mse"] - b["mse"] for p, b in zip(picked, base, strict=True)]
+            dr = [p["pearson"] - b["pearson"] for p, b in zip(picked, base, strict=True)]
+            se = [statistics.stdev(x) / n**0.5 if n > 1 else float("nan") for x in (dm, dr)]
+            counts = "/".join(str(sum(f(x) for x in dm)) for f in (_neg, _zero, _pos))
+            print(
+                f"| {rule or 'last epoch'} | {budget} | {statistics.fmean(dm):+.4f} ± {se[0]:.4f} "
+                f"| {statistics.fmean(dr):+.4f} ± {se[1]:.4f} | {counts} |"
+            )
+
+
+def _blocks(docs: list[dict], n_ep: int) -> None:
+    """Test MSE (and r) averaged over blocks of 5 consecutive seeds, as the paper averages 5
+    runs: how far apart two 5-seed means fall by chance."""
+    blocks = [docs[i : i + 5] for i in range(0, len(docs) - 4, 5)]
+    if len(blocks) < 2:
+        return
+    names = [f"seeds {b[0]['seed']}-{b[-1]['seed']}" for b in blocks]
+    print("\nMeans of 5 seeds, test MSE / r:\n")
+    print("| rule | epochs | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names))
+    for budget in sorted({min(10, n_ep), n_ep}):
+        for rule in [*RULES, None]:
+            cells = []
+            for block in blocks:
+                picked = [pick(d["epochs"], rule, budget) for d in block]
+                mse = statistics.fmean(p["mse"] for p in picked)
+                r = statistics.fmean(p["pearson"] for p in picked)
+                cells.append(f"{mse:.4f} / {r:.4f}")
+            print(f"| {rule or 'last epoch'} | {budget} | " + " | ".join(cells) + " |")
 
 
 def main(argv=None) -> int:
@@ -142,6 +218,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="table: also write the picked metrics here")
+    p.add_argument(
+        "--init",
+        choices=["library", "reference"],
+        default="library",
+        help="cell initialisation: the library's, or the reference code's (Torch7 Linear)",
+    )
     p.add_argument("--dry-run", action="store_true", help="generated data, tiny model")
     args = p.parse_args(argv)
     if args.command == "table":
