@@ -280,3 +280,16 @@ def test_a_few_steps_fit_toy_relatedness_pairs():
     losses = _adagrad_steps(model, lambda: relatedness_loss(model(a, b), scores), 30)
     assert losses[-1] < 0.7 * losses[0]
     assert isinstance(a, SequenceBatch)
+
+
+def test_the_python_blocks_of_docs_reproduction_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reproduction.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for code in blocks:
+        scope: dict = {}
+        exec(compile(code, "docs/reproduction.md", "exec"), scope)
+    assert scope["log_p"].shape == (8, 5)
