@@ -228,6 +228,11 @@ def test_build_sequences_errors_name_the_word_and_sentence():
         build_sequences(["abc"], {"a": 0})
     with pytest.raises(ValueError, match="empty batch"):
         build_sequences([], {"a": 0})
+    tree = Tree.from_ptb("(7 (2 a))")
+    with pytest.raises(ValueError, match=r"label 7 \(sentence 0\) is not in the label map"):
+        build_sequences([tree], {"a": 0}, labels={3: 1})
+    with pytest.raises(TypeError, match="labels must be"):
+        build_sequences([tree], {"a": 0}, labels=3)
 
 
 # ------------------------------------------------------------------------- training

@@ -227,6 +227,7 @@ def _missing(lookup, word: str) -> bool:
 
 
 def _root_labels(items: list, spec) -> Tensor | None:
+    """[B] class ids of the sentences' (root) labels, or None (see `build_sequences`)."""
     if spec is None:
         return None
     raw = [s.label if isinstance(s, Tree) else None for s in items]
@@ -239,11 +240,25 @@ def _root_labels(items: list, spec) -> Tensor | None:
         if not all(is_unlabelled(x) or _all_ints([x]) for x in raw):
             return None  # e.g. "NP": pass a LabelMap
         get = int
+    elif hasattr(spec, "__getitem__"):  # a mapping or a LabelMap
+        get = spec.__getitem__
+    elif callable(spec):
+        get = spec
     else:
-        get = (
-            spec.__getitem__ if isinstance(spec, Mapping) or hasattr(spec, "__getitem__") else spec
+        raise TypeError(
+            'build_sequences: labels must be "auto", a mapping, a callable or None, '
+            f"not a {type(spec).__name__}"
         )
-    ids = [IGNORE_INDEX if is_unlabelled(x) else get(x) for x in raw]
+    ids = []
+    for b, x in enumerate(raw):
+        try:
+            ids.append(IGNORE_INDEX if is_unlabelled(x) else get(x))
+        except LookupError:
+            raise ValueError(
+                f"build_sequences: label {x!r} (sentence {b}) is not in the label map"
+            ) from None
+    if not _all_ints(ids):
+        raise TypeError("build_sequences: the label map must give integer class ids")
     return torch.tensor(ids, dtype=torch.int64)
 
 
@@ -318,40 +333,31 @@ class PackedLSTM(nn.Module):
         B = sizes[0]
         h = x.new_zeros(B, H)
         c = x.new_zeros(B, H)
-        hs, cs = [], []
+        hs, h_done, c_done = [], [], []
         start = 0
-        for bs in sizes:  # the first bs sequences are still running at this step
+        for t, bs in enumerate(sizes):  # the first bs sequences are still running at step t
             h, c = h[:bs], c[:bs]
             a = torch.addmm(xw[start : start + bs], h, w_hh.t())
             start += bs
-            i, f, g = (
-                torch.sigmoid(a[:, :H]),
-                torch.sigmoid(a[:, H : 2 * H]),
-                torch.tanh(a[:, 2 * H : 3 * H]),
-            )
+            i = torch.sigmoid(a[:, :H])
+            f = torch.sigmoid(a[:, H : 2 * H])
+            g = torch.tanh(a[:, 2 * H : 3 * H])
             c = f * c + i * g
             h = torch.sigmoid(a[:, 3 * H :]) * torch.tanh(c) if self.output_gate else torch.tanh(c)
             hs.append(h)
-            cs.append(c)
-        out_h, out_c = torch.cat(hs), torch.cat(cs)
-        last = _last_rows(sizes, x.device)
-        return out_h, out_h[last], out_c[last]
+            # Sequences nxt..bs-1 end here: their last states, collected without an index
+            # tensor (which would have to be copied to the device).
+            nxt = sizes[t + 1] if t + 1 < len(sizes) else 0
+            if nxt < bs:
+                h_done.append(h[nxt:bs])
+                c_done.append(c[nxt:bs])
+        return torch.cat(hs), torch.cat(h_done[::-1]), torch.cat(c_done[::-1])
 
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
             f"output_gate={self.output_gate}"
         )
-
-
-def _last_rows(sizes: list[int], device) -> Tensor:
-    """[B] the packed row of each sorted sequence's last step: sequence j has length
-    #{t: sizes[t] > j}, and step t starts at row sum(sizes[:t])."""
-    bs = torch.tensor(sizes, dtype=torch.int64)
-    starts = torch.cumsum(bs, 0) - bs
-    j = torch.arange(sizes[0], dtype=torch.int64)
-    lengths = (bs[None, :] > j[:, None]).sum(1)
-    return (starts[lengths - 1] + j).to(device)
 
 
 class SequenceLSTM(nn.Module):
@@ -411,7 +417,7 @@ class SequenceLSTM(nn.Module):
         tokens, lengths = self._tokens(batch)
         B = tokens.shape[0]
         if self.bidirectional:
-            tokens = torch.cat([tokens, _reverse(tokens, lengths)])
+            tokens = torch.cat([tokens, _reverse(tokens)])
             lengths = torch.cat([lengths, lengths])
         pad = self.embedding.padding_idx
         x = self.embedding(torch.where(tokens >= 0, tokens, pad))
@@ -438,11 +444,11 @@ class SequenceLSTM(nn.Module):
         return f"bidirectional={self.bidirectional} (directions share weights)"
 
 
-def _reverse(tokens: Tensor, lengths: Tensor) -> Tensor:
-    """[B, T] each row's first lengths[b] ids reversed, the padding left where it is."""
+def _reverse(tokens: Tensor) -> Tensor:
+    """[B, T] each row's ids reversed, the padding (-1, always at the end) left where it is."""
     T = tokens.shape[1]
     t = torch.arange(T, device=tokens.device)
-    n = lengths.to(tokens.device)[:, None]
+    n = (tokens >= 0).sum(1, keepdim=True)  # the lengths, counted where the ids are
     idx = torch.where(t < n, n - 1 - t, t)
     return tokens.gather(1, idx)
 
