@@ -1,6 +1,7 @@
 """treelstm: Tree-LSTMs (Tai, Socher & Manning 2015) batched level by level in PyTorch.
 
 trees -> build_schedule -> TreeLSTM(encoder) -> head;  load_model(run).predict(trees)
+sentences -> build_sequences -> SequenceLSTM (the paper's sequential baselines) -> head
 """
 
 from .cells import ChildSumCell, NaryCell, TreeCell
@@ -26,6 +27,7 @@ from .models import (
     relatedness_target,
 )
 from .schedule import Schedule, build_schedule, collate
+from .sequence import SequenceBatch, SequenceLSTM, build_sequences, sequence_model
 from .tree import FlatTree, Tree
 
 __all__ = [
@@ -44,12 +46,15 @@ __all__ = [
     "SentimentModel",
     "Vocab",
     "Schedule",
+    "SequenceBatch",
+    "SequenceLSTM",
     "Tree",
     "TreeCell",
     "TreeLSTM",
     "TrainedModel",
     "binarize",
     "build_schedule",
+    "build_sequences",
     "collate",
     "evaluate_tree",
     "find_data",
@@ -63,6 +68,7 @@ __all__ = [
     "relatedness_loss",
     "relatedness_target",
     "run",
+    "sequence_model",
     "unbinarize",
     "write_ptb",
 ]
