@@ -43,6 +43,7 @@ from .gather import FLAT, STACK
 from .rules import VMAP, VMAP_RULE, function_rule, module_rule
 from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
 from .values import (
+    _IMMUTABLE,
     Lazy,
     alias_row,
     alias_rows,
@@ -323,6 +324,8 @@ class Run:
                 # (a tuple's hash is not cached, an int's is free).
                 leaves, skey = args, len(args)
         if leaves is None:
+            if kwargs.get("inplace") is True or kwargs.get("out") is not None:
+                raise TypeError(_IMMUTABLE.format(f"{name_of(fn)}(inplace=True / out=)"))
             leaves = []
             skey = flatten_call(args, kwargs, leaves)
             if not leaves:

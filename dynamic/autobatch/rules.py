@@ -358,6 +358,9 @@ class Reshape(Rule):
     def run(self, fn, spec, batch, mode):
         sizes = _sizes(spec)
         g = gather([node.leaves[0] for node in batch], STACK)
+        extra = len(sizes) - (g.dim() - 1)
+        if extra > 0:  # expand adds leading dims: they go after the batch dim
+            g = g.view(g.shape[0], *([1] * extra), *g.shape[1:])
         return _result(fn(g, (len(batch), *sizes)), STACK)
 
 

@@ -66,6 +66,12 @@ def tensor_meta(t: Tensor) -> Meta:
     return meta_of(tuple(t.shape), t.dtype, t.device)
 
 
+_IMMUTABLE = (
+    "autobatched values are immutable: {} would change a value other calls may share "
+    "(write `y = x + 1` or `torch.where(mask, value, x)` instead)"
+)
+
+
 def _run():
     run = state.active()
     if run is None or run.current is None:
@@ -96,6 +102,8 @@ class Lazy:
         return _run().function_call(func, args, kwargs or {})
 
     def __getattr__(self, name: str):
+        if name.endswith("_") and not name.startswith("__"):
+            raise TypeError(_IMMUTABLE.format(f"{name}()"))
         attr = getattr(Tensor, name, None)
         if attr is None:
             raise AttributeError(f"'Tensor' object has no attribute {name!r}")
@@ -105,10 +113,7 @@ class Lazy:
         return getattr(_run().demand(self), name)
 
     def __setitem__(self, key, value):
-        raise TypeError(
-            "autobatched values are immutable: in-place writes are not recorded "
-            "(write `x = torch.where(mask, value, x)` or build a new tensor)"
-        )
+        raise TypeError(_IMMUTABLE.format("item assignment"))
 
     # -- what is known without waiting -----------------------------------------------------
     @property
