@@ -36,6 +36,7 @@ CASES = {
     "where": lambda h, t: torch.where(h > 0, h, h * 0.1).clamp(min=-0.5),
     # reductions
     "sum": lambda h, t: h.sum() + h.mean(),
+    "count": lambda h, t: ((h > 0).sum(), (h.argmax(-1) == t).sum(), t.sum(), (h > 0).sum(-1)),
     "sum_dim": lambda h, t: h.sum(-1) + h.mean(dim=-1) + h.amax(-1) + h.logsumexp(-1),
     "sum_dim0": lambda h, t: h.sum(0) * h.mean(0, keepdim=True),
     "norm": lambda h, t: h.norm() + torch.linalg.vector_norm(h, ord=1),

@@ -314,16 +314,11 @@ class Run:
 
     def _site_of(self, fn, rule, args, kwargs, training):
         """(site, tensor leaves) of a call, or the reason why it must run alone."""
-        leaves = None
-        if not kwargs and len(args) < 9:
-            for a in args:
-                if type(a) is not Lazy and not isinstance(a, Tensor):
-                    break
-            else:
-                # All positional tensors: the spec is canonical, its key the argument count
-                # (a tuple's hash is not cached, an int's is free).
-                leaves, skey = args, len(args)
-        if leaves is None:
+        if not kwargs and len(args) < 9 and _all_tensors(args):
+            # All positional tensors: the spec is canonical, its key the argument count
+            # (a tuple's hash is not cached, an int's is free).
+            leaves, skey = args, len(args)
+        else:
             if kwargs.get("inplace") is True or kwargs.get("out") is not None:
                 raise TypeError(_IMMUTABLE.format(f"{name_of(fn)}(inplace=True / out=)"))
             leaves = []
@@ -681,6 +676,13 @@ def _agenda_priorities(units: list) -> dict:
         if type(u) is Group:
             tot[u.site.sig] = [u.depth, 1]
     return {s: v[0] / v[1] for s, v in tot.items()}
+
+
+def _all_tensors(args) -> bool:
+    for a in args:
+        if type(a) is not Lazy and not isinstance(a, Tensor):
+            return False
+    return True
 
 
 def _shared_key(leaves, i: int):

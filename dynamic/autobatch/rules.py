@@ -80,7 +80,10 @@ def _result(out, layout):
 
 
 def segment_sum(x: Tensor, rows: list[int]) -> Tensor:
-    """[sum(rows), *tail] -> [len(rows)]: each example's rows and trailing dims summed."""
+    """[sum(rows), *tail] -> [len(rows)]: each example's rows and trailing dims summed
+    (booleans and integers summed as int64, as torch.sum does)."""
+    if not x.is_floating_point() and not x.is_complex():
+        x = x.long()
     if x.dim() > 1:
         x = x.sum(dim=tuple(range(1, x.dim())))
     B = len(rows)
