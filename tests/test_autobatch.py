@@ -366,3 +366,18 @@ def test_misuse_gives_clear_errors():
         autobatch(halting, policy="fifo")
     assert autobatch(halting).map([]) == []
     _clean_state()
+
+
+def test_lane_groups_split_where_examples_disagree():
+    """Alike examples run as one execution; a concrete value they disagree on splits them,
+    and each part restarts: results and gradients still equal each example alone."""
+    xs = [torch.randn(6) * s for s in (0.05, 0.05, 1.0, 1.0, 3.0, 0.2)]
+    f = assert_batched_equals_alone(halting, xs, list(NET.parameters()), profile=True)
+    assert f.profile.lane_groups >= 2 and f.profile.splits >= 1
+    one = [torch.ones(1) * v for v in (0.5, 2.0, 0.5)]  # bool of a [1] value, per example
+    assert autobatch(lambda v: 1 if NET.inp(v.expand(6))[:1] > 0 else 0).map(one) == [
+        1 if NET.inp(v.expand(6))[:1] > 0 else 0 for v in one
+    ]
+    no_lanes = autobatch(halting, lanes=False, profile=True)
+    no_lanes.map(xs)
+    assert no_lanes.profile.lane_groups == 0

@@ -21,6 +21,8 @@ Options (to `autobatch(...)` and per call to `map`):
            executor (default True)
   check    run every example alone too and compare values and gradients (MismatchError)
   profile  keep a `Profile` of the last run in ``.profile`` (print it for a table)
+  lanes    run alike examples (tensors of equal shapes, equal plain values) as one lane
+           group, split when they disagree on a concrete value (default True)
   rowwise  extra nn.Module types to batch as one call whose every tensor argument has the
            batch as dim 0 (by default, a module that is not a known row-wise torch module or
            a library cell is traced op by op)
@@ -63,6 +65,7 @@ class Autobatched:
         check: bool = False,
         profile: bool = False,
         rowwise: tuple = (),
+        lanes: bool = True,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -73,6 +76,7 @@ class Autobatched:
         self.check = check
         self.want_profile = profile
         self.rowwise = tuple(rowwise)
+        self.lanes = lanes
         self.profile: Profile | None = None
         # signature -> output structure; keeps the first call of a signature from pausing
         # in every later run. Holds references to modules and shared weights, nothing else.
@@ -82,7 +86,9 @@ class Autobatched:
         """The function itself, on one example, eagerly."""
         return self.fn(*args, **kwargs)
 
-    def map(self, examples, *, policy=None, fused=None, check=None, profile=None) -> list:
+    def map(
+        self, examples, *, policy=None, fused=None, check=None, profile=None, lanes=None
+    ) -> list:
         """``[fn(e) for e in examples]``, batched. Tensors in the results (also inside tuples,
         lists and dicts) are ordinary tensors in the autograd graph."""
         examples = list(examples)
@@ -100,6 +106,7 @@ class Autobatched:
             rowwise=self.rowwise,
             cache=self._cache,
             profile=prof,
+            lanes=self.lanes if lanes is None else lanes,
         )
         t0 = time.perf_counter()
         results = run.execute()

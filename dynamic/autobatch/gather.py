@@ -38,8 +38,14 @@ def _is_alias(v) -> bool:
     return type(v) is Lazy and v.parts is not None and v.parts[0] in ALIASES
 
 
-def gather(vals: list, layout: str) -> Tensor:
-    """One batched tensor from the per-example values `vals` (see the module docstring)."""
+def gather(vals: list, layout: str, counts: list | None = None) -> Tensor:
+    """One batched tensor from the per-example values `vals` (see the module docstring).
+
+    ``counts[i]``: how many examples value i stands for (a lane group's value holds all of
+    its examples; a plain tensor made inside a group is the same for each of them).
+    """
+    if counts is not None:
+        return torch.cat([_piece(v, c, layout) for v, c in zip(vals, counts, strict=True)])
     v0 = vals[0]
     if type(v0) is Lazy:
         if v0.parts is None and all(type(v) is Lazy and v.parts is None for v in vals):
@@ -100,6 +106,23 @@ def resolve(a: Lazy) -> Lazy:
     if v.dim() == 0:
         return _stored(v.reshape(1), 0, None, a.meta)
     return _stored(v, 0, v.shape[0], a.meta)
+
+
+def _piece(v, count: int, layout: str) -> Tensor:
+    """The `count` examples of one value, in `layout` (a value of a lane group, or one)."""
+    if type(v) is not Lazy:
+        return _repeat(v, count, layout)
+    if v.parts is not None and v.parts[0] not in ALIASES:
+        op, dim, parts = v.parts
+        cols = [_piece(p, count, layout) for p in parts]
+        return op(cols, dim + 1 if layout == STACK else dim)
+    if v.parts is not None:
+        v = resolve(v)
+    if v.rows is None:  # `count` consecutive rows, one per example
+        part = v.src.narrow(0, v.lo, count)
+        return part if layout == STACK else part.reshape(-1, *part.shape[2:])
+    part = v.src.narrow(0, v.lo, count * v.rows)
+    return part if layout == FLAT else part.reshape(count, v.rows, *part.shape[1:])
 
 
 def _repeat(t: Tensor, n: int, layout: str) -> Tensor:

@@ -30,7 +30,9 @@ class Profile:
 
     total_s   wall time of the run; record_s  recording the calls (the user's code itself not
     included); flush_s  in flushes: kernel_s of it in batched calls (the gathers included),
-    the rest is scheduling; rounds  flushes; demands  pauses for a concrete value.
+    the rest is scheduling; rounds  flushes; demands  pauses for a concrete value;
+    lane_groups  executions that ran several alike examples at once; splits  lane groups
+    that split because their examples disagreed on a concrete value.
     """
 
     signatures: dict = field(default_factory=dict)
@@ -41,6 +43,8 @@ class Profile:
     kernel_s: float = 0.0
     rounds: int = 0
     demands: int = 0
+    lane_groups: int = 0
+    splits: int = 0
     examples: int = 0
 
     def _stats(self, key, name_fn) -> SignatureStats:
@@ -86,7 +90,8 @@ class Profile:
                 f"{s.seconds * 1e3:>8.1f}"
             )
         lines.append(
-            f"{self.examples} examples, {self.rounds} flushes, {self.demands} value demands; "
+            f"{self.examples} examples ({self.lane_groups} lane groups, {self.splits} splits), "
+            f"{self.rounds} flushes, {self.demands} value demands; "
             f"total {self.total_s * 1e3:.1f} ms = record {self.record_s * 1e3:.1f} ms + "
             f"flush {self.flush_s * 1e3:.1f} ms (kernels {self.kernel_s * 1e3:.1f}, "
             f"scheduling {self.scheduling_s * 1e3:.1f}) + the user's code"

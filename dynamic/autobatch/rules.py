@@ -57,6 +57,27 @@ def _keys(metas, mode):
     return tuple(metas)
 
 
+def counts(batch):
+    """How many examples each call of a batch stands for (None: one each, the common case)."""
+    for node in batch:
+        if node.count != 1:
+            return [n.count for n in batch]
+    return None
+
+
+def column(batch, p: int, layout: str):
+    """Argument position p of every call, gathered (a lane group's call counts G times)."""
+    return gather([node.leaves[p] for node in batch], layout, counts(batch))
+
+
+def example_rows(batch) -> list:
+    """Per-example row counts of a FLAT batch, in batch order."""
+    out = []
+    for node in batch:
+        out.extend([node.site.rows] * node.count)
+    return out
+
+
 def _columns(batch, layout, skip=()):
     """Each argument position gathered over the batch (positions in `skip`: batch[0]'s)."""
     n = len(batch[0].leaves)
@@ -65,7 +86,7 @@ def _columns(batch, layout, skip=()):
         if p in skip:
             cols.append(batch[0].leaves[p])
         else:
-            cols.append(gather([node.leaves[p] for node in batch], layout))
+            cols.append(column(batch, p, layout))
     return cols
 
 
@@ -125,7 +146,7 @@ class Vmap(Rule):
                 cols.append(v0)
                 dims.append(None)
             else:
-                cols.append(gather(vals, STACK))
+                cols.append(gather(vals, STACK, counts(batch)))
                 dims.append(0)
 
         def one(*leaves):
@@ -160,7 +181,7 @@ class Elementwise(Rule):
             if shared and (mode == STACK or v0.shape[0] == 1):
                 cols.append(v0)  # broadcasts like the per-example call
                 continue
-            g = gather(vals, mode)
+            g = gather(vals, mode, counts(batch))
             if mode == STACK and len(m.shape) < R:
                 g = g.view(g.shape[0], *([1] * (R - len(m.shape))), *g.shape[1:])
             cols.append(g)
@@ -341,7 +362,7 @@ class Squeeze(DimOp):
     def run(self, fn, spec, batch, mode):
         if _arg(spec, 1, "dim", None) is None:
             ones = tuple(i + 1 for i, s in enumerate(batch[0].site.metas[0].shape) if s == 1)
-            g = gather([node.leaves[0] for node in batch], STACK)
+            g = column(batch, 0, STACK)
             return _result(g.squeeze(ones) if ones else g, STACK)
         return super().run(fn, spec, batch, mode)
 
@@ -360,11 +381,11 @@ class Reshape(Rule):
 
     def run(self, fn, spec, batch, mode):
         sizes = _sizes(spec)
-        g = gather([node.leaves[0] for node in batch], STACK)
+        g = column(batch, 0, STACK)
         extra = len(sizes) - (g.dim() - 1)
         if extra > 0:  # expand adds leading dims: they go after the batch dim
             g = g.view(g.shape[0], *([1] * extra), *g.shape[1:])
-        return _result(fn(g, (len(batch), *sizes)), STACK)
+        return _result(fn(g, (g.shape[0], *sizes)), STACK)
 
 
 def _sizes(spec):
@@ -398,7 +419,7 @@ class Getitem(Rule):
         return STACK, None, tuple(metas), None
 
     def run(self, fn, spec, batch, mode):
-        g = gather([node.leaves[0] for node in batch], mode)
+        g = column(batch, 0, mode)
         (_, idx), _ = rebuild(spec, [g])
         if mode == STACK:
             idx = (slice(None), *idx) if isinstance(idx, tuple) else (slice(None), idx)
@@ -440,7 +461,7 @@ class Reduce(Rule):
 
     def run(self, fn, spec, batch, mode):
         dtype = _arg(spec, 3, "dtype", None)
-        g = gather([node.leaves[0] for node in batch], mode)
+        g = column(batch, 0, mode)
         if mode == STACK:  # 0-d values: the reduction of one element
             out = (
                 g.unsqueeze(1).mean(1, dtype=dtype)
@@ -450,7 +471,7 @@ class Reduce(Rule):
             return _result(out, STACK)
         if dtype is not None:
             g = g.to(dtype)
-        rows = [node.site.rows for node in batch]
+        rows = example_rows(batch)
         out = segment_sum(g, rows)
         if self.mean:
             per_row = prod(batch[0].site.metas[0].shape[1:])
@@ -486,7 +507,7 @@ class Norm(Rule):
     def run(self, fn, spec, batch, mode):
         if _arg(spec, 2, "dim", None) is not None:
             return self.with_dim.run(fn, spec, batch, mode)
-        g = gather([node.leaves[0] for node in batch], STACK)
+        g = column(batch, 0, STACK)
         keep = bool(_arg(spec, 3, "keepdim", False))
         if g.dim() == 1:
             out = torch.linalg.vector_norm(g.unsqueeze(1), ord=self._ord(spec), dim=1)
@@ -537,8 +558,8 @@ class Loss(Rule):
     def run(self, fn, spec, batch, mode):
         args = self._args(spec)
         reduction = args.get("reduction", "mean")
-        x = gather([node.leaves[0] for node in batch], mode)
-        t = gather([node.leaves[1] for node in batch], mode)
+        x = column(batch, 0, mode)
+        t = column(batch, 1, mode)
         kw = {"reduction": "none"}
         if "ignore_index" in args:
             kw["ignore_index"] = args["ignore_index"]
@@ -546,10 +567,10 @@ class Loss(Rule):
         if reduction == "none":
             return _result(loss, mode)
         if mode == STACK and not self.classes:
-            loss = loss.reshape(len(batch), -1)
+            loss = loss.reshape(t.shape[0], -1)
             out = loss.sum(1) if reduction == "sum" else loss.mean(1)
             return _result(out, STACK)
-        rows = [node.site.rows for node in batch] if mode == FLAT else [1] * len(batch)
+        rows = example_rows(batch) if mode == FLAT else [1] * t.shape[0]
         total = segment_sum(loss, rows)
         if reduction == "sum":
             return _result(total, STACK)

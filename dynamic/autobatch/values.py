@@ -85,9 +85,9 @@ def _run():
 class Lazy:
     """One example's tensor inside an autobatch run (see the module docstring)."""
 
-    __slots__ = ("node", "out", "src", "lo", "rows", "meta", "parts")
+    __slots__ = ("node", "out", "src", "lo", "rows", "meta", "parts", "count")
 
-    def __init__(self, node, out: int, meta: Meta) -> None:
+    def __init__(self, node, out: int, meta: Meta, count: int = 1) -> None:
         self.node = node
         self.out = out
         self.src = None
@@ -95,6 +95,7 @@ class Lazy:
         self.rows = meta.rows
         self.meta = meta
         self.parts = None
+        self.count = count  # > 1: the values of a lane group's `count` examples, in order
 
     # -- recording -----------------------------------------------------------------------
     @classmethod
@@ -157,25 +158,25 @@ class Lazy:
 
     # -- concrete values: this example waits for them --------------------------------------
     def __bool__(self) -> bool:
-        return bool(_run().demand(self))
+        return _run().concrete(self, bool)
 
     def __float__(self) -> float:
-        return float(_run().demand(self))
+        return _run().concrete(self, float)
 
     def __int__(self) -> int:
-        return int(_run().demand(self))
+        return _run().concrete(self, int)
 
     def __index__(self) -> int:
-        return operator.index(_run().demand(self))
+        return _run().concrete(self, operator.index)
 
     def item(self):
-        return _run().demand(self).item()
+        return _run().concrete(self, Tensor.item)
 
     def tolist(self):
-        return _run().demand(self).tolist()
+        return _run().concrete(self, Tensor.tolist)
 
     def numpy(self):
-        return _run().demand(self).detach().numpy()
+        return _run().concrete(self, lambda t: t.detach().numpy())
 
     def __array__(self, dtype=None):
         a = self.numpy()
@@ -183,7 +184,10 @@ class Lazy:
 
     # -- the concrete value once computed (used by the engine) ----------------------------
     def value(self) -> Tensor:
-        """The computed tensor (a view into the batched result); only after it has run."""
+        """The computed tensor (a view into the batched result); only after it has run.
+        For a lane group's value: its examples' values stacked, [count, *shape]."""
+        if self.count != 1:
+            return self._group_value()
         if self.parts is not None:
             op, dim, parts = self.parts
             return op([p.value() if type(p) is Lazy else p for p in parts], dim)
@@ -193,6 +197,17 @@ class Lazy:
         if self.lo == 0 and self.rows == src.shape[0]:
             return src
         return src.narrow(0, self.lo, self.rows)
+
+    def _group_value(self) -> Tensor:
+        n = self.count
+        if self.parts is not None:
+            op, dim, parts = self.parts
+            vals = [p.value() if type(p) is Lazy else p.expand(n, *p.shape) for p in parts]
+            return op(vals, dim + 1)
+        if self.rows is None:
+            return self.src.narrow(0, self.lo, n)
+        part = self.src.narrow(0, self.lo, n * self.rows)
+        return part.reshape(n, self.rows, *part.shape[1:])
 
 
 # Views of a value's leading rows (``x[j]``, ``x[a:b]``, ``x.squeeze(0)``, ``x.unsqueeze(0)``)
