@@ -45,6 +45,8 @@ def gather(vals: list, layout: str, counts: list | None = None) -> Tensor:
     its examples; a plain tensor made inside a group is the same for each of them).
     """
     if counts is not None:
+        if len(vals) == 1:
+            return _piece(vals[0], counts[0], layout)  # one lane group: a view, no copy
         return torch.cat([_piece(v, c, layout) for v, c in zip(vals, counts, strict=True)])
     v0 = vals[0]
     if type(v0) is Lazy:
