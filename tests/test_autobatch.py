@@ -106,8 +106,9 @@ class TreeModel(nn.Module):
             if t.children:
                 kids = [node(k) for k in t.children]
                 _, mask = self.slots(len(kids))
-                ch = torch.stack([h for h, _ in kids], 1)
-                cc = torch.stack([c for _, c in kids], 1)
+                pad = [] if self.n is None else [torch.zeros(1, H)] * (self.n - len(kids))
+                ch = torch.stack([h for h, _ in kids] + pad, 1)  # N-ary: missing slots zero
+                cc = torch.stack([c for _, c in kids] + pad, 1)
                 h, c = self.cell(self.zero_x, ch, cc, mask)
             else:
                 pad, mask = self.slots(0)
@@ -132,7 +133,12 @@ def test_childsum_tree_lstm_per_tree_equals_alone(forest, policy):
 
 
 @FAST
-@given(st.lists(binary_trees(max_leaves=6), min_size=1, max_size=5))
+@given(
+    st.one_of(
+        st.lists(binary_trees(max_leaves=6), min_size=1, max_size=5),
+        st.lists(trees(max_leaves=5, max_children=2), min_size=1, max_size=4),  # unary nodes
+    )
+)
 def test_nary_tree_lstm_per_tree_equals_alone(forest):
     model = TreeModel(NaryCell(D, H, n_ary=2))
     params = list(model.parameters())

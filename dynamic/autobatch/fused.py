@@ -21,6 +21,7 @@ member's output), it is dissolved into ordinary calls.
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ class Fuser:
         if type(mask) is Lazy:
             return
         kind = self._mask_kind(mask)
-        fn = key[0]
+        fn = key.cell
         g = self.open.get(key)
         if kind == "leaf":
             if type(ch) is Lazy or type(cc) is Lazy:
@@ -163,17 +164,17 @@ class Fuser:
         from treelstm import run as run_cell
 
         t0 = time.perf_counter()
-        cell = g.key[0]
+        cell = g.key.cell
         perm, schedule = _schedule(g, cell, self.nary)
         order = [g.members[f] for f in perm.tolist()]
         x = gather([m.leaves[0] for m in order], FLAT)
         outer = torch.is_grad_enabled()
-        if g.key[2] != outer:
-            torch.set_grad_enabled(g.key[2])
+        if g.key.grad != outer:
+            torch.set_grad_enabled(g.key.grad)
         try:
             h, c = run_cell(cell, schedule, x, "level")
         finally:
-            if g.key[2] != outer:
+            if g.key.grad != outer:
                 torch.set_grad_enabled(outer)
         for s, m in enumerate(order):
             oh, oc = m.outs
@@ -196,7 +197,23 @@ def site_key(site):
         return None
     if site.spec != _SPEC4:
         return None
-    return (site.fn, site.metas[0].tail, site.sig[4])
+    key = (site.fn, site.metas[0].tail, site.sig[4])
+    k = _keys.get(key)
+    if k is None:
+        k = _keys[key] = FuseKey(*key)
+    return k
+
+
+class FuseKey:
+    """(cell, x's per-row meta, grad mode) of a group, interned: hashed by identity."""
+
+    __slots__ = ("cell", "tail", "grad", "__weakref__")
+
+    def __init__(self, cell, tail, grad) -> None:
+        self.cell, self.tail, self.grad = cell, tail, grad
+
+
+_keys: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def _kids(ch, cc, g):

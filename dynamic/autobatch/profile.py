@@ -66,7 +66,7 @@ class Profile:
             self.unbatched[(s.name.split(" ")[0], alone_reason)] += size
 
     def add_fused(self, group, size: int, levels: int, seconds: float) -> None:
-        cell = type(group.key[0]).__name__
+        cell = type(group.key.cell).__name__
         s = self._stats(group.site.sig, lambda: f"{cell} (fused level executor)")
         s.calls += size
         s.batches += 1
