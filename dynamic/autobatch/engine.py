@@ -387,7 +387,15 @@ class Run:
             skey = flatten_call(args, kwargs, leaves)
             if not leaves:
                 return "no tensor arguments"
-        metas = tuple([a.meta if type(a) is Lazy else self.meta(a) for a in leaves])
+        tm = self.tmeta
+        metas = []
+        for a in leaves:
+            if type(a) is Lazy:
+                metas.append(a.meta)
+            else:
+                e = tm.get(id(a))
+                metas.append(e[1] if e is not None and e[0] is a else self.meta(a))
+        metas = tuple(metas)
         key = (fn, skey, metas, _grad_enabled(), training)
         if self.count != 1:
             key += ("lanes",)  # a lane group's call: rules that need one example each differ
@@ -460,7 +468,14 @@ class Run:
                     p.users.append(node)
                     waiting += 1
                 continue
-            for base in _bases(x):
+            for base in x.parts[2]:  # a composite's or alias's parts (usually stored values)
+                if type(base) is not Lazy:
+                    continue
+                if base.parts is not None:
+                    d, w = self._link_nested(node, base)
+                    depth = d if d > depth else depth
+                    waiting += w
+                    continue
                 p = base.node
                 if p.depth > depth:
                     depth = p.depth
@@ -469,6 +484,18 @@ class Run:
                     waiting += 1
         node.depth = depth + 1
         node.waiting = waiting
+
+    @staticmethod
+    def _link_nested(node: Node, x: Lazy) -> tuple[int, int]:
+        depth = waiting = 0
+        for base in _bases(x):
+            p = base.node
+            if p.depth > depth:
+                depth = p.depth
+            if base.src is None:
+                p.users.append(node)
+                waiting += 1
+        return depth, waiting
 
     def _composite(self, func, args, kwargs):
         """torch.stack / torch.cat of per-example values along a non-batch dim: no node; the

@@ -53,7 +53,7 @@ def gather(vals: list, layout: str, counts: list | None = None) -> Tensor:
         if v0.parts is None and all(type(v) is Lazy and v.parts is None for v in vals):
             return _gather_lazy(vals, layout)
         if any(_is_alias(v) for v in vals):
-            return gather([resolve(v) if _is_alias(v) else v for v in vals], layout)
+            return _gather_located([_locate(v) for v in vals], layout)
         if v0.parts is not None:
             out = _gather_composite(vals, layout)
             if out is not None:
@@ -64,7 +64,7 @@ def gather(vals: list, layout: str, counts: list | None = None) -> Tensor:
         return torch.cat(vals) if layout == FLAT else torch.stack(vals)
     # A mix: plain tensors become sources of their own (a constant used by many examples is
     # one source), composites are made concrete; then one index_select per source.
-    return _gather_sources([_as_stored(v) for v in vals], layout)
+    return _gather_located([_locate(v) for v in vals], layout)
 
 
 def _as_stored(v) -> Lazy:
@@ -192,20 +192,46 @@ def _to_layout(part: Tensor, by_rows: bool, layout: str, count: int) -> Tensor:
 
 def _gather_sources(vals: list, layout: str) -> Tensor:
     """Values from several sources (or out of order): one index_select per source."""
-    groups: dict = {}  # id(src) -> [src, by_rows, storage indices, value positions]
+    return _gather_located([(v.src, v.lo, v.rows) for v in vals], layout)
+
+
+def _locate(v):
+    """(src, lo, rows) of any value: rows of a result, an alias of them, or a plain tensor."""
+    if type(v) is Lazy:
+        parts = v.parts
+        if parts is None:
+            return v.src, v.lo, v.rows
+        op = parts[0]
+        b = parts[2][0]
+        if b.__class__ is Lazy and b.parts is None and b.rows is not None:
+            if op is alias_rows:  # the common x[j : j + 1] of a computed value
+                return b.src, b.lo + parts[1][0], parts[1][1] - parts[1][0]
+            if op is alias_row:
+                return b.src, b.lo + parts[1], None
+        s = _as_stored(v)
+        return s.src, s.lo, s.rows
+    if v.dim() == 0:
+        return v.reshape(1), 0, None
+    return v, 0, v.shape[0]
+
+
+def _gather_located(locs: list, layout: str) -> Tensor:
+    groups: dict = {}  # (id(src), row form) -> [src, by_rows, storage indices, positions]
     seq = []
-    for pos, v in enumerate(vals):
-        key = (id(v.src), v.rows is None)
+    for pos, (src, lo, rows) in enumerate(locs):
+        key = (id(src), rows is None)
         g = groups.get(key)
         if g is None:
-            g = groups[key] = [v.src, v.rows is not None, [], []]
+            g = groups[key] = [src, rows is not None, [], []]
             seq.append(key)
-        if g[1]:
-            g[2].extend(range(v.lo, v.lo + v.rows))
+        if rows is None:
+            g[2].append(lo)
+        elif rows == 1:
+            g[2].append(lo)
         else:
-            g[2].append(v.lo)
+            g[2].extend(range(lo, lo + rows))
         g[3].append(pos)
-    device = vals[0].src.device
+    device = locs[0][0].device
     parts = []
     for key in seq:
         src, by_rows, idx, positions = groups[key]
@@ -221,10 +247,11 @@ def _gather_sources(vals: list, layout: str) -> Tensor:
     order = [p for key in seq for p in groups[key][3]]
     if order == sorted(order):
         return out
-    return out.index_select(0, index_tensor(_unit_permutation(vals, seq, groups, layout), device))
+    perm = _unit_permutation(locs, seq, groups, layout)
+    return out.index_select(0, index_tensor(perm, device))
 
 
-def _unit_permutation(vals: list, seq: list, groups: dict, layout: str) -> list:
+def _unit_permutation(locs: list, seq: list, groups: dict, layout: str) -> list:
     """Row positions in the concatenated parts, listed in the values' original order."""
     if layout == STACK:
         where = {}
@@ -233,8 +260,8 @@ def _unit_permutation(vals: list, seq: list, groups: dict, layout: str) -> list:
             for p in groups[key][3]:
                 where[p] = at
                 at += 1
-        return [where[p] for p in range(len(vals))]
-    rows = [v.rows if v.rows is not None else v.src.shape[1] for v in vals]
+        return [where[p] for p in range(len(locs))]
+    rows = [r if r is not None else src.shape[1] for src, _, r in locs]
     start = {}
     at = 0
     for key in seq:
@@ -242,6 +269,6 @@ def _unit_permutation(vals: list, seq: list, groups: dict, layout: str) -> list:
             start[p] = at
             at += rows[p]
     perm = []
-    for p in range(len(vals)):
+    for p in range(len(locs)):
         perm.extend(range(start[p], start[p] + rows[p]))
     return perm
