@@ -108,7 +108,10 @@ def main(argv=None) -> float:
     for f, v in vars(Config()).items():
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     p.add_argument("--dry-run", action="store_true", help="generated sentences, seconds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
     if args.dry_run:
         cfg.train, cfg.test, cfg.epochs, cfg.emb, cfg.hidden = 100, 50, 1, 8, 16

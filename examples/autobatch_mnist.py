@@ -141,7 +141,10 @@ def main(argv=None) -> dict:
     for f, v in vars(Config()).items():
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     p.add_argument("--dry-run", action="store_true", help="all three nets, 384 random images")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
     nets = ("halting", "depth", "branch") if args.dry_run else (cfg.net,)
     if args.dry_run:

@@ -156,7 +156,10 @@ def main(argv=None) -> dict:
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     p.add_argument("--compare-level", action="store_true", help="train the level executor too")
     p.add_argument("--dry-run", action="store_true", help="generated trees, a few seconds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
     if args.dry_run:
         cfg.train, cfg.dev, cfg.epochs, cfg.hidden, cfg.emb = 60, 30, 2, 16, 8
