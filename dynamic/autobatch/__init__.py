@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 DEFAULT_POLICY = "agenda"
-_CACHE_LIMIT = 4096  # output structures remembered per function (a bound, not a tuning knob)
+_CACHE_LIMIT = 20000  # call sites, signatures and composites remembered per function: a
+# memory bound, not a tuning knob (SST needs a few hundred; a new site costs one plan)
 
 
 class Autobatched:
@@ -94,7 +95,7 @@ class Autobatched:
         examples = list(examples)
         if not examples:
             return []
-        if len(self._cache) > _CACHE_LIMIT:
+        if sum(len(v) for v in self._cache.values()) > _CACHE_LIMIT:
             self._cache.clear()
         want = self.want_profile if profile is None else profile
         prof = Profile() if want else None
