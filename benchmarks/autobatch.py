@@ -18,6 +18,8 @@ halting MNIST net written per sample: examples/s unbatched vs autobatched at bat
 
     PYTHONPATH=. ../peers-venv/bin/python -m benchmarks.autobatch [--threads 1 2]
         [--json runs/bench/autobatch.json] [--quick]
+    python -m benchmarks.autobatch --variants     # agenda / depth, fused on / off (CPU time)
+    python -m benchmarks.autobatch --breakdown    # where one batch's time goes (CPU time)
 """
 
 from __future__ import annotations
@@ -289,6 +291,79 @@ def _mnist_batch(n: int, data_dir: str | None):
     return torch.randn(n, 784, generator=g), "random images (no MNIST found)"
 
 
+# -- the engine's own options, and where the time goes (CPU time: robust to other jobs) --------
+def variants(trees, batch_size: int, reps: int) -> list[dict]:
+    """trees/s of autobatch with each policy, fused dispatch on and off, interleaved."""
+    vocab = {w: i for i, w in enumerate(sorted({w for t in trees for w in t.words()}))}
+    out = []
+    for cell in ("childsum", "binary"):
+        model = TreeModel(cell, vocab)
+        params = [*model.cell.parameters(), *model.head.parameters()]
+        runs = {
+            (policy, fused): autobatch(model.tree_loss, policy=policy, fused=fused)
+            for policy in ("agenda", "depth")
+            for fused in (True, False)
+        }
+        batches = [trees[i : i + batch_size] for i in range(0, len(trees), batch_size)]
+        best: dict = {}
+        for rep in range(reps + 1):
+            for key, f in runs.items():
+                t0 = time.process_time()
+                for b in batches:
+                    for p in params:
+                        p.grad = None
+                    (torch.stack(f.map([model.prepare(t) for t in b])).sum() / len(b)).backward()
+                if rep:
+                    best[key] = min(best.get(key, float("inf")), time.process_time() - t0)
+        for (policy, fused), sec in best.items():
+            out.append(
+                {
+                    "cell": cell,
+                    "policy": policy,
+                    "fused": fused,
+                    "trees_per_cpu_s": len(trees) / sec,
+                }
+            )
+    return out
+
+
+def breakdown(trees, cell_kind: str, batch_size: int, reps: int) -> dict:
+    """Best-of-reps CPU ms of one batch: autobatch's phases beside the level executor's
+    (prepare, forward and backward are CPU time; the parts of forward from the profile are
+    wall time)."""
+    vocab = {w: i for i, w in enumerate(sorted({w for t in trees for w in t.words()}))}
+    model = TreeModel(cell_kind, vocab)
+    f = autobatch(model.tree_loss, profile=True)
+    batch = trees[:batch_size]
+    best: dict = {}
+
+    def keep(key, sec):
+        best[key] = min(best.get(key, float("inf")), sec * 1e3)
+
+    for rep in range(reps + 2):
+        t0 = time.process_time()
+        examples = [model.prepare(t) for t in batch]
+        t1 = time.process_time()
+        out = f.map(examples)
+        t2 = time.process_time()
+        torch.stack(out).sum().backward()
+        t3 = time.process_time()
+        model.level_loss(batch).backward()
+        t4 = time.process_time()
+        if rep < 2:  # warm-up: the first runs learn each signature's outputs
+            continue
+        prof = f.profile
+        fused = sum(s.seconds for s in prof.signatures.values() if "fused" in s.name)
+        # The profile's own timers are wall clocks (what a user profiling wants): marked.
+        for key, sec in (("prepare", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2),
+                         ("record (wall)", prof.record_s), ("fused level call (wall)", fused),
+                         ("other batched calls (wall)", prof.kernel_s - fused),
+                         ("level forward + backward", t4 - t3)):  # fmt: skip
+            keep(key, sec)
+    best["nodes"] = sum(t.size for t in batch)
+    return best
+
+
 # -- report ------------------------------------------------------------------------------------
 def table(records: list[dict]) -> str:
     lines = [
@@ -322,6 +397,31 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _extras(a) -> list[dict]:
+    """--variants / --breakdown: one torch thread, printed (and written with --json)."""
+    torch.set_num_threads(1)
+    trees, source = load_trees(a.n_trees)
+    bs = a.batch_sizes[0]
+    print(f"{source}; B={bs}; CPU time, best of {a.reps}", flush=True)
+    if a.variants:
+        records = variants(trees, bs, a.reps)
+        for r in records:
+            name = f"{r['policy']}{'' if r['fused'] else ', fused off'}"
+            print(f"{r['cell']:>8}  {name:<18} {r['trees_per_cpu_s']:,.0f} trees per CPU second")
+    else:
+        records = []
+        for cell in a.cells:
+            ms = breakdown(trees, cell, bs, a.reps)
+            records.append({"cell": cell, "batch_size": bs, **ms})
+            print(f"{cell}: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()) + " (ms)")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.json.with_suffix(a.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        tmp.replace(a.json)
+    return records
+
+
 def _same_config(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in ("cell", "batch_size", "threads"))
 
@@ -351,7 +451,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw (else $TREELSTM_DATA)")
     p.add_argument("--no-dynet", action="store_true", help="leave DyNet out even if installed")
     p.add_argument("--quick", action="store_true", help="128 trees, B=25, one rep (a smoke run)")
+    p.add_argument("--variants", action="store_true", help="policies x fused, then stop")
+    p.add_argument("--breakdown", action="store_true", help="one batch's CPU time, then stop")
     a = p.parse_args(argv)
+    if a.variants or a.breakdown:
+        return _extras(a)
     if a.quick:
         a.n_trees, a.batch_sizes, a.reps, a.unbatched_trees, a.mnist_batch = 128, [25], 1, 25, 32
     dy, note = (None, "dynet_autobatch left out (--no-dynet)") if a.no_dynet else _import_dynet()

@@ -65,3 +65,21 @@ def test_benchmark_quick_writes_the_records(tmp_path, monkeypatch, capsys):
     mnist = [r for r in records if r["cell"] == "mnist_halting"]
     assert {r["impl"] for r in mnist} >= {"unbatched", "autobatch"}
     assert "× level" in capsys.readouterr().out
+
+
+def test_benchmark_variants_and_breakdown(monkeypatch, capsys):
+    from benchmarks import autobatch as bench
+
+    monkeypatch.delenv("TREELSTM_DATA", raising=False)
+    small = ["--n-trees", "6", "--reps", "1", "--batch-sizes", "3"]
+    recs = bench.main(["--variants", *small])
+    assert {(r["cell"], r["policy"], r["fused"]) for r in recs} == {
+        (c, p, f)
+        for c in ("childsum", "binary")
+        for p in ("agenda", "depth")
+        for f in (True, False)
+    }
+    assert all(r["trees_per_cpu_s"] > 0 for r in recs)
+    recs = bench.main(["--breakdown", "--cells", "childsum", *small])
+    assert recs[0]["forward"] > 0 and recs[0]["level forward + backward"] > 0
+    assert "fused level call (wall)" in capsys.readouterr().out
