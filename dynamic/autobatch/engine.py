@@ -273,6 +273,11 @@ class Run:
             per = [py(x) for x in v.tolist()]
         else:
             per = [convert(v[k]) for k in range(lz.count)]
+        try:
+            if per.count(per[0]) == len(per):  # the common case: the group agrees
+                return per[0]
+        except (TypeError, RuntimeError, ValueError):  # values whose == is not a bool
+            pass
         parts: dict = {}
         try:
             for k, x in enumerate(per):
