@@ -392,16 +392,7 @@ class Run:
             skey = flatten_call(args, kwargs, leaves)
             if not leaves:
                 return "no tensor arguments"
-        tm = self.tmeta
-        metas = []
-        for a in leaves:
-            if type(a) is Lazy:
-                metas.append(a.meta)
-            else:
-                e = tm.get(id(a))
-                metas.append(e[1] if e is not None and e[0] is a else self.meta(a))
-        metas = tuple(metas)
-        key = (fn, skey, metas, _grad_enabled(), training)
+        key = (fn, skey, self._metas(leaves), _grad_enabled(), training)
         if self.count != 1:
             key += ("lanes",)  # a lane group's call: rules that need one example each differ
         if rule.shared:
@@ -416,9 +407,20 @@ class Run:
                 return f"{rule.name} rule: these shapes do not batch"
         return site, leaves
 
+    def _metas(self, leaves) -> tuple:
+        tm = self.tmeta
+        metas = []
+        for a in leaves:
+            if type(a) is Lazy:
+                metas.append(a.meta)
+            else:
+                e = tm.get(id(a))
+                metas.append(e[1] if e is not None and e[0] is a else self.meta(a))
+        return tuple(metas)
+
     def _new_site(self, key, rule, leaves) -> Site | None:
         fn, spec, metas, grad, training = key[:5]
-        if type(spec) is int:
+        if type(spec) is int:  # the canonical spec of an all-tensor positional call
             spec = _POS[spec]
         plan = rule.plan(fn, spec, leaves, list(metas))
         if plan is None:
@@ -473,33 +475,26 @@ class Run:
                     p.users.append(node)
                     waiting += 1
                 continue
-            for base in x.parts[2]:  # a composite's or alias's parts (usually stored values)
-                if type(base) is not Lazy:
-                    continue
-                if base.parts is not None:
-                    d, w = self._link_nested(node, base)
-                    depth = d if d > depth else depth
-                    waiting += w
-                    continue
-                p = base.node
-                if p.depth > depth:
-                    depth = p.depth
-                if base.src is None:
-                    p.users.append(node)
-                    waiting += 1
+            d, w = self._link_nested(node, x)  # a composite's or alias's parts
+            depth = d if d > depth else depth
+            waiting += w
         node.depth = depth + 1
         node.waiting = waiting
 
     @staticmethod
     def _link_nested(node: Node, x: Lazy) -> tuple[int, int]:
+        """(depth, pending inputs) of a composite: its parts are linked one by one."""
         depth = waiting = 0
-        for base in _bases(x):
-            p = base.node
-            if p.depth > depth:
-                depth = p.depth
-            if base.src is None:
-                p.users.append(node)
-                waiting += 1
+        for base in x.parts[2]:
+            if type(base) is not Lazy:
+                continue
+            for b in (base,) if base.parts is None else _bases(base):
+                p = b.node
+                if p.depth > depth:
+                    depth = p.depth
+                if b.src is None:
+                    p.users.append(node)
+                    waiting += 1
         return depth, waiting
 
     def _composite(self, func, args, kwargs):
