@@ -89,10 +89,11 @@ class TreeModel(nn.Module):
         self.full = {k: torch.ones(1, k, dtype=torch.bool) for k in range(1, 8)}
 
     def prepare(self, tree: Tree):
-        """One example: the tree, its leaves' word ids and every node's label (post-order)."""
-        ids = torch.tensor([self.vocab[w] for w in tree.words()])
-        labels = torch.tensor([t.label for t in tree.postorder()])
-        return tree, ids, labels
+        """One example: the tree, its leaves' word ids and every node's label (post-order),
+        read from the tree's cached post-order arrays (as build_schedule does)."""
+        flat = tree.flat()
+        ids = torch.tensor([self.vocab[w] for w in flat.words if w is not None])
+        return tree, ids, torch.tensor(flat.labels)
 
     def tree_loss(self, example) -> torch.Tensor:
         """The per-example code: a recursion over the tree, one cell call per node."""
