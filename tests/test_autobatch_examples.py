@@ -83,3 +83,20 @@ def test_benchmark_variants_and_breakdown(monkeypatch, capsys):
     recs = bench.main(["--breakdown", "--cells", "childsum", *small])
     assert recs[0]["forward"] > 0 and recs[0]["level forward + backward"] > 0
     assert "fused level call (wall)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell", ["childsum", "binary"])
+def test_benchmark_rows_compute_the_same_loss(cell):
+    """unbatched, autobatch and level time the same function (DyNet has its own weights)."""
+    import torch
+
+    from benchmarks import autobatch as bench
+    from dynamic.autobatch import autobatch
+
+    trees = bench.generated_trees(6, seed=4)
+    vocab = {w: i for i, w in enumerate(sorted({w for t in trees for w in t.words()}))}
+    model = bench.TreeModel(cell, vocab)
+    batched = torch.stack(autobatch(model.tree_loss).map([model.prepare(t) for t in trees])).sum()
+    alone = sum(model.tree_loss(model.prepare(t)) for t in trees)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(model.level_loss(trees), alone, rtol=1e-5, atol=1e-4)
