@@ -1,0 +1,304 @@
+"""Dispatch of the library's own cells to the fused level executor.
+
+When the per-example code calls a `ChildSumCell` / `NaryCell` once per tree node, feeding each
+call the stacked (h, c) of its children's calls, the calls of one flush form a forest. Instead
+of one batched cell call per level, each with its own autograd nodes, the whole forest goes
+through ``treelstm.run(cell, schedule, x, "level")``: the library's level loop with its
+hand-written backward, which computes the same function as the per-node calls (the library's
+tests check it in float64). Everything else about the calls (their x, their users) is untouched.
+
+A call is *fusable* when (checked at record time, in a few attribute reads):
+  * it is a leaf: a plain mask that is all False (or has no slots), children ignored; or
+  * it is internal: a plain all-True mask, and child_h / child_c are ``torch.stack(.., 1)`` of
+    outputs 0 / 1 of fusable calls of the same cell, still pending, each claimed by no other
+    parent (a tree, not a DAG), all N slots for an N-ary cell.
+Anything else runs as an ordinary batched call. Fusable calls join their cell's *group* at
+once (their external inputs counted, their position and children noted), so the flush only
+builds the schedule, with numpy. If a group would wait on itself (an x computed from a
+member's output), it is dissolved into ordinary calls.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import numpy as np
+import torch
+
+from .gather import FLAT, gather
+from .spec import LEAF
+from .values import Lazy
+
+__all__ = ["Fuser", "Group", "site_key"]
+
+_SPEC4 = ((LEAF, LEAF, LEAF, LEAF), None)
+
+
+class _GroupSite:
+    __slots__ = ("sig",)
+
+
+class Group:
+    """All fusable calls of one cell in one flush, scheduled as one unit."""
+
+    __slots__ = (
+        "members",
+        "heights",
+        "kid_slots",
+        "nkids",
+        "key",
+        "site",
+        "depth",
+        "waiting",
+        "group",
+        "done",
+    )
+
+    def __init__(self, key, depth: int) -> None:
+        self.members: list = []
+        self.heights: list = []
+        self.kid_slots: list = []
+        self.nkids: list = []
+        self.key = key
+        self.site = _GroupSite()
+        self.site.sig = ("fused", key)
+        self.depth = depth
+        self.waiting = 0
+        self.group = None
+        self.done = False
+
+
+class Fuser:
+    def __init__(self, run) -> None:
+        from treelstm import ChildSumCell, NaryCell  # dynamic may import treelstm
+
+        self.owner = run
+        self.cells = (ChildSumCell, NaryCell)
+        self.nary = NaryCell
+        self.masks: dict = {}
+        self.open: dict = {}  # group key -> Group being recorded
+
+    # -- record time ---------------------------------------------------------------------
+    def _mask_kind(self, mask) -> str | None:
+        e = self.masks.get(id(mask))
+        if e is None or e[0] is not mask:
+            if mask.dtype != torch.bool or mask.dim() != 2:
+                kind = None
+            elif mask.numel() == 0 or not bool(mask.any()):
+                kind = "leaf"
+            elif bool(mask.all()):
+                kind = "full"
+            else:
+                kind = None
+            e = self.masks[id(mask)] = (mask, kind)
+        return e[1]
+
+    def classify(self, node, key) -> None:
+        """Add a recorded cell call to its cell's group if it is fusable."""
+        x, ch, cc, mask = node.leaves
+        if type(mask) is Lazy:
+            return
+        kind = self._mask_kind(mask)
+        fn = key.cell
+        g = self.open.get(key)
+        if kind == "leaf":
+            if type(ch) is Lazy or type(cc) is Lazy:
+                return
+            kids = ()
+            height = 0
+        elif kind == "full" and g is not None:
+            kids = _kids(ch, cc, g)
+            if kids is None or (type(fn) is self.nary and len(kids) != fn.n_ary):
+                return
+            height = 1 + max([k.height for k in kids])
+        else:
+            return
+        if g is None:
+            g = self.open[key] = Group(key, node.depth)
+        for k in kids:
+            k.fparent = node
+        node.kids = kids
+        node.height = height
+        node.fparent = None
+        node.group = g
+        node.slot = len(g.members)
+        node.waiting -= 2 * len(kids)  # the children's h and c come from inside the group
+        if node.waiting:
+            g.waiting += 1
+        if node.depth < g.depth:
+            g.depth = node.depth
+        g.members.append(node)
+        g.heights.append(height)
+        g.nkids.append(len(kids))
+        g.kid_slots.extend([k.slot for k in kids])
+
+    # -- flush time ----------------------------------------------------------------------
+    def take_groups(self) -> list:
+        """The groups recorded since the last flush (they are scheduled in this one)."""
+        groups = list(self.open.values())
+        self.open = {}
+        return groups
+
+    def dissolve(self, units: list, ready: dict, agenda: bool) -> int:
+        """Turn every group not yet run back into ordinary nodes; return the unit delta."""
+        delta = 0
+        for g in units:
+            if type(g) is not Group or g.done:
+                continue
+            g.done = True
+            delta += len(g.members) - 1
+            for m in g.members:
+                m.group = None
+                m.waiting = sum(
+                    1 for x in m.leaves if type(x) is Lazy for b in _bases(x) if b.src is None
+                )
+                if m.waiting == 0:
+                    ready.setdefault(m.site.sig if agenda else (m.depth, m.site.sig), []).append(m)
+        if delta == 0 and not ready:
+            raise RuntimeError("autobatch: scheduling deadlock (please report)")
+        return delta
+
+    def run(self, g: Group) -> None:
+        """One call of the level executor for the whole group; members get their rows."""
+        from treelstm import run as run_cell
+
+        t0 = time.perf_counter()
+        cell = g.key.cell
+        perm, schedule = _schedule(g, cell, self.nary)
+        order = [g.members[f] for f in perm.tolist()]
+        x = gather([m.leaves[0] for m in order], FLAT)
+        outer = torch.is_grad_enabled()
+        if g.key.grad != outer:
+            torch.set_grad_enabled(g.key.grad)
+        try:
+            h, c = run_cell(cell, schedule, x, "level")
+        finally:
+            if g.key.grad != outer:
+                torch.set_grad_enabled(outer)
+        for s, m in enumerate(order):
+            oh, oc = m.outs
+            oh.src = h
+            oh.lo = s
+            oc.src = c
+            oc.lo = s
+        g.done = True
+        prof = self.owner.profile
+        if prof is not None:
+            prof.add_fused(g, len(order), schedule.num_levels, time.perf_counter() - t0)
+
+
+def site_key(site):
+    """The group key of a call site that may be fusable (a library cell called on one node
+    with four tensor arguments), else None."""
+    from treelstm import ChildSumCell, NaryCell
+
+    if site.mode != FLAT or site.rows != 1 or type(site.fn) not in (ChildSumCell, NaryCell):
+        return None
+    if site.spec != _SPEC4:
+        return None
+    key = (site.fn, site.metas[0].tail, site.sig[4])
+    k = _keys.get(key)
+    if k is None:
+        k = _keys[key] = FuseKey(*key)
+    return k
+
+
+class FuseKey:
+    """(cell, x's per-row meta, grad mode) of a group, interned: hashed by identity."""
+
+    __slots__ = ("cell", "tail", "grad", "__weakref__")
+
+    def __init__(self, cell, tail, grad) -> None:
+        self.cell, self.tail, self.grad = cell, tail, grad
+
+
+_keys: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _kids(ch, cc, g):
+    """The child calls behind child_h / child_c, if they are stacks of group outputs."""
+    if type(ch) is not Lazy or type(cc) is not Lazy or ch.parts is None or cc.parts is None:
+        return None
+    op, d, hp = ch.parts
+    op2, d2, cp = cc.parts
+    if op is not torch.stack or op2 is not torch.stack or d != 1 or d2 != 1:
+        return None
+    if len(hp) != len(cp):
+        return None
+    kids = []
+    for h, c in zip(hp, cp, strict=True):
+        if type(h) is not Lazy or type(c) is not Lazy or h.parts is not None:
+            return None
+        k = h.node
+        if c.node is not k or h.out != 0 or c.out != 1 or h.src is not None:
+            return None
+        if k.group is not g or k.fparent is not None or k in kids:
+            return None
+        kids.append(k)
+    return kids
+
+
+def _bases(x: Lazy):
+    if x.parts is None:
+        return (x,)
+    return [b for p in x.parts[2] if type(p) is Lazy for b in _bases(p)]
+
+
+def _schedule(g: Group, cell, nary_type):
+    """Level-major numbering (level = height) of the group's forest, as a `Schedule`.
+
+    Returns (perm, schedule): perm[s] is the member index (record order) of schedule row s.
+    """
+    from treelstm import Schedule
+
+    N = len(g.members)
+    height = np.asarray(g.heights, dtype=np.int64)
+    perm = np.argsort(height, kind="stable")
+    slot = np.empty(N, dtype=np.int64)
+    slot[perm] = np.arange(N)
+    nk = np.asarray(g.nkids, dtype=np.int64)
+    kid = np.asarray(g.kid_slots, dtype=np.int64)
+    K = cell.n_ary if type(cell) is nary_type else int(nk.max()) if N else 0
+    owner = np.repeat(np.arange(N), nk)  # member index of each child edge
+    col = np.arange(len(kid)) - np.repeat(np.cumsum(nk) - nk, nk)
+    children = np.full((N, K), -1, dtype=np.int64)
+    children[slot[owner], col] = slot[kid]
+    parent = np.full(N, -1, dtype=np.int64)
+    parent[slot[kid]] = slot[owner]
+    ptr = np.zeros(int(height.max()) + 2, dtype=np.int64)
+    np.cumsum(np.bincount(height), out=ptr[1:])
+    roots = np.flatnonzero(parent < 0)
+    tree = np.empty(N, dtype=np.int64)
+    tree[roots] = np.arange(len(roots))
+    for lev in range(len(ptr) - 2, -1, -1):  # parents sit on higher levels
+        idx = np.arange(ptr[lev], ptr[lev + 1])
+        p = parent[idx]
+        has = p >= 0
+        tree[idx[has]] = tree[p[has]]
+    # post_index: each node's rank within its tree in record order (a topological order).
+    tree_of_member = tree[slot]
+    by_tree = np.lexsort((np.arange(N), tree_of_member))
+    sizes = np.bincount(tree, minlength=len(roots))
+    start = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=start[1:])
+    rank = np.empty(N, dtype=np.int64)
+    rank[by_tree] = np.arange(N) - start[tree_of_member[by_tree]]
+    dev = cell.U.weight.device
+
+    def t(a):
+        return torch.from_numpy(a).to(dev)
+
+    schedule = Schedule(
+        tokens=torch.full((N,), -1, dtype=torch.int64, device=dev),
+        labels=None,
+        children=t(children),
+        parent=t(parent),
+        level_ptr=t(ptr),
+        roots=t(roots),
+        node_tree=t(tree),
+        post_index=t(rank[perm]),
+        level_bounds=tuple(ptr.tolist()),
+        tree_sizes=tuple(sizes.tolist()),
+    )
+    return perm, schedule
