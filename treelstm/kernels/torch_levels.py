@@ -1,31 +1,5 @@
-"""Fused level kernels: the whole bottom-up level loop of a Tree-LSTM cell (Tai, Socher &
-Manning 2015) as one autograd node with a hand-written backward.
-
-Why they exist: written with autograd, every level's write into a shared [N, H] state makes
-autograd clone the buffer (CopySlices) and every gather allocate a zeroed [N, H] gradient,
-O(levels x N x H) memory traffic. A kernel runs the loop without autograd, keeps what the
-backward needs in flat [N, .] buffers allocated once per call (never per level), and walks the
-levels in reverse with in-place index_add_ / index_select on precomputed index vectors.
-
-What the loop is given (the cell's `input_parts`, computed under autograd, so the gradients of
-W, x and the biases are autograd's): W x on the rows where input enters only -- the leaves'
-[i, (o), u] blocks, and the internal nodes' blocks only when ``input_at="all"`` (a leaf has no
-children, so its forget-gate input is never needed) -- plus one bias vector for [i, (o), u] and
-one for the forget gates. Inside the loop the only matmuls are those through U, each on the
-fewest rows the recurrence allows:
-
-  Child-Sum  U_iou on the children's sum (one row per internal node), U_f on each child's h
-             (one row per edge). Each level, when it finishes, pushes [h | f*c] of its nodes into
-             its parents' rows with one index_add_ (the forget gate of the edge child -> parent
-             needs the parent's W_f x only, known before the loop), so wide nodes are never
-             padded. Backward: one index_select pulls each child's parent gradients.
-  N-ary      a parent gathers its N ordered children's states (index_select) and computes all
-             gates with one addmm; backward sends the children's gradients with index_add_.
-
-A kernel is a class with ``run(cell, schedule, x) -> (h, c)``; a cell declares which one it
-uses (`ChildSumCell.level_kernel`, `NaryCell.level_kernel`), and the executor calls it.
-The kernels read only tensors and the schedule's level bounds (Python ints), never a value
-of the device, so the loop never waits for a GPU.
+"""The fused level loops in PyTorch ops: the path for every device (and the fallback on the
+CPU when the native kernels are unavailable). See `treelstm.kernels` for the algorithm.
 """
 
 from __future__ import annotations
@@ -36,25 +10,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .schedule import Schedule
-
-__all__ = ["ChildSumKernel", "InputParts", "NaryKernel"]
-
-
-class InputParts(NamedTuple):
-    """What a cell's input contributes to the pre-activations, on input rows only.
-
-    leaf    [n0, m*H]   W_iou x of the leaves (rows 0..n0 of the schedule), no bias
-    inner   [N-n0, m*H (+H)] or None   W x of the internal nodes (``input_at="all"``): the
-            [i, (o), u] blocks, then the forget block when the cell has ``forget_input``
-    b_main  [m*H]       every bias of [i, (o), u] (both vectors with ``double_bias``)
-    b_f     [S*H]       every bias of the forget gates, per child slot (S = 1 Child-Sum, N N-ary)
-    """
-
-    leaf: Tensor
-    inner: Tensor | None
-    b_main: Tensor
-    b_f: Tensor
+__all__ = ["ChildSumLevels", "NaryLevels"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,21 +95,7 @@ def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Child-Sum
 # --------------------------------------------------------------------------------------------
-class ChildSumKernel:
-    """The fused level loop of a Child-Sum cell (see the module docstring)."""
-
-    @staticmethod
-    def run(cell, schedule: Schedule, x: Tensor) -> tuple[Tensor, Tensor]:
-        """h, c [N, H] of every node of `schedule`; x [N, input_size] in schedule order."""
-        parts = cell.input_parts(x, schedule.num_leaves)
-        N = schedule.num_nodes
-        parent = torch.where(schedule.parent >= 0, schedule.parent, N)
-        return _ChildSumLevels.apply(
-            *parts, cell.U.weight, parent, schedule.level_bounds, cell.n_main, cell.output_gate
-        )
-
-
-class _ChildSumLevels(torch.autograd.Function):
+class ChildSumLevels(torch.autograd.Function):
     """leaf, inner, b_main, b_f (`InputParts`), U [(m+1)H, H], parent [N] (N = none)
     -> h, c [N, H].
 
@@ -264,24 +206,7 @@ class _ChildSumLevels(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 # N-ary
 # --------------------------------------------------------------------------------------------
-class NaryKernel:
-    """The fused level loop of an N-ary cell (see the module docstring)."""
-
-    @staticmethod
-    def run(cell, schedule: Schedule, x: Tensor) -> tuple[Tensor, Tensor]:
-        """h, c [N, H] of every node of `schedule`; x [N, input_size] in schedule order."""
-        parts = cell.input_parts(x, schedule.num_leaves)
-        N, K = schedule.num_nodes, cell.n_ary
-        ch = schedule.children[schedule.num_leaves :]
-        if ch.shape[1] < K:  # a batch whose widest node has fewer than N children
-            ch = torch.cat([ch, ch.new_full((ch.shape[0], K - ch.shape[1]), -1)], dim=1)
-        slots = torch.where(ch >= 0, ch, N).reshape(-1)
-        return _NaryLevels.apply(
-            *parts, cell.U.weight, slots, schedule.level_bounds, cell.n_main, cell.output_gate, K
-        )
-
-
-class _NaryLevels(torch.autograd.Function):
+class NaryLevels(torch.autograd.Function):
     """leaf, inner, b_main, b_f (`InputParts`), U [(m+K)H, K*H], slots [(N-n0)*K] (the K child
     slots of each internal node, N = none) -> h, c [N, H].
 

@@ -1,0 +1,139 @@
+"""Build, cache and load the native element-wise kernels (`levels.c`) through ctypes.
+
+The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) --
+``-O3 -march=native``, no torch headers, about a second -- and cached under
+``$TREELSTM_CACHE`` (default ``~/.cache/treelstm``) in a file named by a hash of the sources,
+the flags, the compiler's version and the CPU, so a changed source, compiler or machine never
+loads a stale build. The build writes a temporary file and renames it, so processes that build
+at the same time do not see each other's half-written file.
+
+``TREELSTM_NATIVE=0`` turns the native kernels off. When there is no compiler or the build
+fails, `library()` returns None after one line on the ``treelstm`` logger, and the level
+executor runs its pure-PyTorch kernels, which compute the same function.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+__all__ = ["library"]
+
+ABI = 1  # bumped with any change of an exported signature (checked after loading)
+SOURCES = ("levels.c", "levels_impl.h")
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fno-math-errno"],
+    ["-O3", "-fno-math-errno"],  # a compiler without -march=native
+)
+log = logging.getLogger("treelstm")
+
+_P, _I, _B = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+# name -> argument types (pointers are c_void_p: raw data_ptr() addresses)
+SIGNATURES = {
+    "cs_gates_fwd": [_P] * 6 + [_I, _I, _B],
+    "cs_push": [_P] * 7 + [_I, _I],
+    "cs_bwd_pull": [_P] * 10 + [_I, _I],
+    "cs_gates_bwd": [_P] * 7 + [_I, _I, _B],
+    "nary_fwd": [_P] * 11 + [_I, _I, _I, _B],
+    "nary_bwd": [_P] * 14 + [_I, _I, _I, _B],
+}
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def library() -> SimpleNamespace | None:
+    """The loaded kernels as ``lib.f32.<name>`` / ``lib.f64.<name>``, or None (see module)."""
+    if os.environ.get("TREELSTM_NATIVE", "1") == "0":
+        return None
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _load()
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def _load() -> SimpleNamespace | None:
+    try:
+        path = _build()
+        cdll = ctypes.CDLL(str(path))
+        if cdll.treelstm_levels_abi() != ABI:
+            raise OSError(f"{path} has ABI {cdll.treelstm_levels_abi()}, expected {ABI}")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("treelstm: native level kernels unavailable (%s); using PyTorch ops", e)
+        return None
+    lib = SimpleNamespace()
+    for suffix in ("f32", "f64"):
+        ns = SimpleNamespace()
+        for name, argtypes in SIGNATURES.items():
+            fn = getattr(cdll, f"{name}_{suffix}")
+            fn.argtypes = argtypes
+            fn.restype = None
+            setattr(ns, name, fn)
+        setattr(lib, suffix, ns)
+    return lib
+
+
+def _source_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TREELSTM_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "treelstm" if xdg else Path.home() / ".cache" / "treelstm"
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    return cc
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def _build() -> Path:
+    cc = _compiler()
+    version = subprocess.run(
+        [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    src = _source_dir()
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((src / name).read_bytes())
+    for part in (repr(FLAG_SETS), version, _cpu_signature(), platform.platform()):
+        digest.update(part.encode())
+    out = _cache_dir() / "native" / f"levels-{digest.hexdigest()[:20]}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    errors = []
+    for flags in FLAG_SETS:
+        cmd = [cc, *flags, "-fPIC", "-shared", "-o", str(tmp), str(src / "levels.c"), "-lm"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        if r.returncode == 0:
+            os.replace(tmp, out)
+            return out
+        errors.append(r.stderr.strip().splitlines()[-1:] or [f"exit {r.returncode}"])
+    tmp.unlink(missing_ok=True)
+    raise RuntimeError(f"{cc} failed to build {src / 'levels.c'}: {errors[-1][0]}")

@@ -1,0 +1,220 @@
+/* The element-wise half of one level of the fused Tree-LSTM kernels, for one real type.
+ *
+ * Included twice by levels.c, with T = float / double, SUF = f32 / f64 and SIGM, TANH the
+ * activations for that type. The matmuls of a level stay in torch (the caller runs them
+ * between these calls); everything else of a level -- activations, cell state, the gates'
+ * local derivatives, the forget gates, and moving rows between parents and children -- is
+ * one pass over the level's rows here, instead of a dozen torch ops.
+ *
+ * Layouts (row-major, rows of the level are contiguous, `lda` is a row's stride):
+ *   act  [n, lda]  pre-activations [i, (o), u] (Child-Sum; lda = m*H) or
+ *                  [i, (o), u, f_1..f_K] (N-ary; lda = m*H + K*H), overwritten in place:
+ *                  the i and o blocks become dc -> d i-pre and dh -> d o-pre factors (the u
+ *                  block is left as it was), the f blocks become the forget gates.
+ *   ku, kc [n, H]  d u-pre / dc = i (1 - u^2) and dh -> dc = o (1 - tanh^2 c).
+ * Index arrays are int64; row `none` (N, or M*K for child slots) is a dummy row.
+ */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SUF)
+
+/* One row: activations -> c, h and the factors. fc may be NULL (no children). */
+static inline void FN(row_fwd)(T *restrict a, const T *restrict fc, T *restrict c,
+                               T *restrict h, T *restrict ku, T *restrict kc, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    T *restrict ai = a;
+    T *restrict ao = a + H;
+    T *restrict au = a + nm - H;
+    if (og) {
+        for (int64_t t = 0; t < H; t++) {
+            T i = SIGM(ai[t]), o = SIGM(ao[t]), u = TANH(au[t]);
+            T cc = i * u + (fc ? fc[t] : (T)0);
+            T tc = TANH(cc);
+            c[t] = cc;
+            h[t] = o * tc;
+            kc[t] = o * ((T)1 - tc * tc);
+            ao[t] = o * ((T)1 - o) * tc;
+            ku[t] = i * ((T)1 - u * u);
+            ai[t] = i * ((T)1 - i) * u;
+        }
+    } else {
+        for (int64_t t = 0; t < H; t++) {
+            T i = SIGM(ai[t]), u = TANH(au[t]);
+            T cc = i * u + (fc ? fc[t] : (T)0);
+            T tc = TANH(cc);
+            c[t] = cc;
+            h[t] = tc;
+            kc[t] = (T)1 - tc * tc;
+            ku[t] = i * ((T)1 - u * u);
+            ai[t] = i * ((T)1 - i) * u;
+        }
+    }
+}
+
+/* One row of the gate backward: dct = dc + dh kc, d pre-activations [i, (o), u]. */
+static inline void FN(row_bwd)(const T *restrict k, const T *restrict ku, const T *restrict kc,
+                               const T *restrict dh, const T *restrict dc, T *restrict da,
+                               T *restrict dct, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    for (int64_t t = 0; t < H; t++) {
+        T d = dc[t] + dh[t] * kc[t];
+        dct[t] = d;
+        da[t] = d * k[t];
+        da[nm - H + t] = d * ku[t];
+    }
+    if (og)
+        for (int64_t t = 0; t < H; t++)
+            da[H + t] = dh[t] * k[H + t];
+}
+
+/* ---------------------------------------------------------------------------- Child-Sum */
+
+/* Forward gates of n nodes. act [n, m*H]; fc [n, H] or NULL; c, h, ku, kc [n, H]. */
+void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc, int64_t n, int64_t H,
+                      int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    for (int64_t j = 0; j < n; j++)
+        FN(row_fwd)(act + j * nm, fc ? fc + j * H : NULL, c + j * H, h + j * H, ku + j * H,
+                    kc + j * H, H, og);
+}
+
+/* Forget gates of n edges node -> parent, and the push into the parents' sums.
+ * F [n, H] holds W_f x_parent + b_f + U_f h on entry and f on exit; KF = c f (1 - f);
+ * S0[parent] += h, S1[parent] += f c. */
+void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *restrict KF, T *restrict S0, T *restrict S1, const int64_t *restrict parent,
+                 int64_t n, int64_t H)
+{
+    for (int64_t j = 0; j < n; j++) {
+        T *restrict f = F + j * H;
+        const T *restrict cj = c + j * H;
+        const T *restrict hj = h + j * H;
+        T *restrict kf = KF + j * H;
+        T *restrict s0 = S0 + parent[j] * H;
+        T *restrict s1 = S1 + parent[j] * H;
+        for (int64_t t = 0; t < H; t++) {
+            T g = SIGM(f[t]);
+            T fc = g * cj[t];
+            f[t] = g;
+            kf[t] = fc - fc * g;
+            s0[t] += hj[t];
+            s1[t] += fc;
+        }
+    }
+}
+
+/* What n nodes get from their parents: G0 [., H] is the parents' total dc, G1 the parents'
+ * d(sum of children's h). dc = dc_out + G0[p] f; DF = G0[p] KF (the edge's forget-gate
+ * gradient); dh = dh_out + G1[p] (the caller adds DF U_f). */
+void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1, const int64_t *restrict parent, const T *restrict F, const T *restrict KF,
+                     const T *restrict dc_out, const T *restrict dh_out, T *restrict dc, T *restrict DF, T *restrict dh, int64_t n,
+                     int64_t H)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const T *restrict g0 = G0 + parent[j] * H;
+        const T *restrict g1 = G1 + parent[j] * H;
+        const int64_t o = j * H;
+        for (int64_t t = 0; t < H; t++) {
+            dc[o + t] = dc_out[o + t] + g0[t] * F[o + t];
+            DF[o + t] = g0[t] * KF[o + t];
+            dh[o + t] = dh_out[o + t] + g1[t];
+        }
+    }
+}
+
+/* Gate backward of n nodes: DA [n, m*H] d pre-activations, dct [n, H] total dc. */
+void FN(cs_gates_bwd)(const T *restrict k, const T *restrict ku, const T *restrict kc, const T *restrict dh, const T *restrict dc, T *restrict DA,
+                      T *restrict dct, int64_t n, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    for (int64_t j = 0; j < n; j++)
+        FN(row_bwd)(k + j * nm, ku + j * H, kc + j * H, dh + j * H, dc + j * H, DA + j * nm,
+                    dct + j * H, H, og);
+}
+
+/* ---------------------------------------------------------------------------- N-ary */
+
+/* One child slot of one row: f = sigmoid(f-pre) in place, kf = c f (1 - f), s += f c. */
+static inline void FN(forget_row)(T *restrict f, const T *restrict c, T *restrict kf,
+                                  T *restrict s, int64_t H)
+{
+    for (int64_t t = 0; t < H; t++) {
+        T g = SIGM(f[t]);
+        T p = g * c[t];
+        f[t] = g;
+        kf[t] = p - p * g;
+        s[t] += p;
+    }
+}
+
+/* Forward of n nodes with K ordered child slots. act [n, m*H + K*H]; cc [n, K*H] the
+ * children's c (gathered by the children themselves, see `pos`); writes KF [n, K*H] =
+ * c_k f_k (1 - f_k), fc [n, H] scratch, c, h, ku, kc [n, H]. With pos != NULL, each node
+ * also copies its h and c into its parent's child slot: rows pos[j] of hcat / ccat
+ * ([., H], one row per parent slot; roots point at a dummy row). K = 0: leaves. */
+void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc,
+                  const int64_t *restrict pos, T *restrict hcat, T *restrict ccat, int64_t n, int64_t K, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    const int64_t lda = nm + K * H;
+    for (int64_t j = 0; j < n; j++) {
+        T *a = act + j * lda;
+        T *restrict s = fc + j * H;
+        if (K)
+            memset(s, 0, (size_t)H * sizeof(T));
+        for (int64_t k = 0; k < K; k++)
+            FN(forget_row)(a + nm + k * H, cc + (j * K + k) * H, KF + (j * K + k) * H, s, H);
+        FN(row_fwd)(a, K ? s : NULL, c + j * H, h + j * H, ku + j * H, kc + j * H, H, og);
+        if (pos) {
+            memcpy(hcat + pos[j] * H, h + j * H, (size_t)H * sizeof(T));
+            memcpy(ccat + pos[j] * H, c + j * H, (size_t)H * sizeof(T));
+        }
+    }
+}
+
+/* Backward of n nodes. Each node pulls what its parent left in its slot (rows pos[j] of
+ * DHC = d h and DCC = d c; dummy row for roots; pos NULL: none) and adds its own dh_out,
+ * dc_out; writes DA [n, m*H + K*H] (the f blocks: dct KF) and, for its K children, their d c
+ * into DCC_out [n, K*H] (dct f_k). The caller then runs DA U into DHC for the children. */
+void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *restrict kc, const T *restrict KF, const T *restrict dh_out,
+                  const T *restrict dc_out, const T *restrict DHC, const T *restrict DCC, const int64_t *restrict pos, T *restrict DA,
+                  T *restrict DCC_out, T *restrict dh, T *restrict dc, T *restrict dct, int64_t n, int64_t K, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    const int64_t lda = nm + K * H;
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t o = j * H;
+        if (pos) {
+            const T *restrict ph = DHC + pos[j] * H;
+            const T *restrict pc = DCC + pos[j] * H;
+            for (int64_t t = 0; t < H; t++) {
+                dh[o + t] = dh_out[o + t] + ph[t];
+                dc[o + t] = dc_out[o + t] + pc[t];
+            }
+        } else {
+            memcpy(dh + o, dh_out + o, (size_t)H * sizeof(T));
+            memcpy(dc + o, dc_out + o, (size_t)H * sizeof(T));
+        }
+        const T *a = act + j * lda;
+        T *d = DA + j * lda;
+        FN(row_bwd)(a, ku + o, kc + o, dh + o, dc + o, d, dct + o, H, og);
+        for (int64_t k = 0; k < K; k++) {
+            const T *restrict f = a + nm + k * H;
+            const T *restrict kf = KF + (j * K + k) * H;
+            T *restrict df = d + nm + k * H;
+            T *restrict dck = DCC_out + (j * K + k) * H;
+            const T *restrict g = dct + o;
+            for (int64_t t = 0; t < H; t++) {
+                df[t] = g[t] * kf[t];
+                dck[t] = g[t] * f[t];
+            }
+        }
+    }
+}
+
+#undef FN
+#undef CAT
+#undef CAT_
