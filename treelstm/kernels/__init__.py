@@ -96,6 +96,13 @@ def _native_lib(x: Tensor):
     return lib
 
 
+def _wants_grad(parts: InputParts, U: Tensor) -> bool:
+    """Whether the call will be differentiated (else the forward skips the gate factors)."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (*parts, U))
+
+
 class ChildSumKernel:
     """The fused level loop of a Child-Sum cell (see the module docstring)."""
 
@@ -105,7 +112,8 @@ class ChildSumKernel:
         parts = cell.input_parts(x, schedule.num_leaves)
         N = schedule.num_nodes
         parent = torch.where(schedule.parent >= 0, schedule.parent, N)
-        args = (cell.U.weight, parent, schedule.level_bounds, cell.n_main, cell.output_gate)
+        train = _wants_grad(parts, cell.U.weight)
+        args = (cell.U.weight, parent, schedule.level_bounds, cell.n_main, cell.output_gate, train)
         lib = _native_lib(parts.leaf)
         if lib is not None:
             return ChildSumNative.apply(*parts, *args, lib)
@@ -124,7 +132,8 @@ class NaryKernel:
         if ch.shape[1] < K:  # a batch whose widest node has fewer than N children
             ch = torch.cat([ch, ch.new_full((ch.shape[0], K - ch.shape[1]), -1)], dim=1)
         slots = torch.where(ch >= 0, ch, N).reshape(-1)  # [M*K], N = no child
-        args = (schedule.level_bounds, cell.n_main, cell.output_gate, K)
+        train = _wants_grad(parts, cell.U.weight)
+        args = (schedule.level_bounds, cell.n_main, cell.output_gate, K, train)
         lib = _native_lib(parts.leaf)
         if lib is None:
             return NaryLevels.apply(*parts, cell.U.weight, slots, *args)

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 __all__ = ["library"]
 
-ABI = 1  # bumped with any change of an exported signature (checked after loading)
+ABI = 2  # bumped with any change of an exported signature (checked after loading)
 SOURCES = ("levels.c", "levels_impl.h")
 FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno"],

@@ -19,7 +19,8 @@
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SUF)
 
-/* One row: activations -> c, h and the factors. fc may be NULL (no children). */
+/* One row: activations -> c, h and the factors (ku, kc NULL: states only). fc may be NULL (no
+ * children). */
 static inline void FN(row_fwd)(T *restrict a, const T *restrict fc, T *restrict c,
                                T *restrict h, T *restrict ku, T *restrict kc, int64_t H, int og)
 {
@@ -27,6 +28,15 @@ static inline void FN(row_fwd)(T *restrict a, const T *restrict fc, T *restrict 
     T *restrict ai = a;
     T *restrict ao = a + H;
     T *restrict au = a + nm - H;
+    if (!ku) { /* no gradient wanted: states only */
+        for (int64_t t = 0; t < H; t++) {
+            T cc = SIGM(ai[t]) * TANH(au[t]) + (fc ? fc[t] : (T)0);
+            T tc = TANH(cc);
+            c[t] = cc;
+            h[t] = og ? SIGM(ao[t]) * tc : tc;
+        }
+        return;
+    }
     if (og) {
         for (int64_t t = 0; t < H; t++) {
             T i = SIGM(ai[t]), o = SIGM(ao[t]), u = TANH(au[t]);
@@ -72,19 +82,20 @@ static inline void FN(row_bwd)(const T *restrict k, const T *restrict ku, const 
 
 /* ---------------------------------------------------------------------------- Child-Sum */
 
-/* Forward gates of n nodes. act [n, m*H]; fc [n, H] or NULL; c, h, ku, kc [n, H]. */
+/* Forward gates of n nodes. act [n, m*H]; fc [n, H] or NULL; c, h, ku, kc [n, H] (ku, kc
+ * NULL: states only). */
 void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc, int64_t n, int64_t H,
                       int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
     for (int64_t j = 0; j < n; j++)
-        FN(row_fwd)(act + j * nm, fc ? fc + j * H : NULL, c + j * H, h + j * H, ku + j * H,
-                    kc + j * H, H, og);
+        FN(row_fwd)(act + j * nm, fc ? fc + j * H : NULL, c + j * H, h + j * H,
+                    ku ? ku + j * H : NULL, kc ? kc + j * H : NULL, H, og);
 }
 
 /* Forget gates of n edges node -> parent, and the push into the parents' sums.
- * F [n, H] holds W_f x_parent + b_f + U_f h on entry and f on exit; KF = c f (1 - f);
- * S0[parent] += h, S1[parent] += f c. */
+ * F [n, H] holds W_f x_parent + b_f + U_f h on entry and f on exit; KF = c f (1 - f) (KF
+ * NULL: not wanted); S0[parent] += h, S1[parent] += f c. */
 void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *restrict KF, T *restrict S0, T *restrict S1, const int64_t *restrict parent,
                  int64_t n, int64_t H)
 {
@@ -92,14 +103,15 @@ void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *res
         T *restrict f = F + j * H;
         const T *restrict cj = c + j * H;
         const T *restrict hj = h + j * H;
-        T *restrict kf = KF + j * H;
+        T *restrict kf = KF ? KF + j * H : NULL;
         T *restrict s0 = S0 + parent[j] * H;
         T *restrict s1 = S1 + parent[j] * H;
         for (int64_t t = 0; t < H; t++) {
             T g = SIGM(f[t]);
             T fc = g * cj[t];
             f[t] = g;
-            kf[t] = fc - fc * g;
+            if (KF)
+                kf[t] = fc - fc * g;
             s0[t] += hj[t];
             s1[t] += fc;
         }
@@ -145,14 +157,15 @@ static inline void FN(forget_row)(T *restrict f, const T *restrict c, T *restric
         T g = SIGM(f[t]);
         T p = g * c[t];
         f[t] = g;
-        kf[t] = p - p * g;
+        if (kf)
+            kf[t] = p - p * g;
         s[t] += p;
     }
 }
 
 /* Forward of n nodes with K ordered child slots. act [n, m*H + K*H]; cc [n, K*H] the
  * children's c (gathered by the children themselves, see `pos`); writes KF [n, K*H] =
- * c_k f_k (1 - f_k), fc [n, H] scratch, c, h, ku, kc [n, H]. With pos != NULL, each node
+ * c_k f_k (1 - f_k), fc [n, H] scratch, c, h, ku, kc [n, H] (KF, ku, kc NULL: states only). With pos != NULL, each node
  * also copies its h and c into its parent's child slot: rows pos[j] of hcat / ccat
  * ([., H], one row per parent slot; roots point at a dummy row). K = 0: leaves. */
 void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc,
@@ -166,8 +179,10 @@ void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *rest
         if (K)
             memset(s, 0, (size_t)H * sizeof(T));
         for (int64_t k = 0; k < K; k++)
-            FN(forget_row)(a + nm + k * H, cc + (j * K + k) * H, KF + (j * K + k) * H, s, H);
-        FN(row_fwd)(a, K ? s : NULL, c + j * H, h + j * H, ku + j * H, kc + j * H, H, og);
+            FN(forget_row)(a + nm + k * H, cc + (j * K + k) * H, KF ? KF + (j * K + k) * H : NULL,
+                           s, H);
+        FN(row_fwd)(a, K ? s : NULL, c + j * H, h + j * H, ku ? ku + j * H : NULL,
+                    kc ? kc + j * H : NULL, H, og);
         if (pos) {
             memcpy(hcat + pos[j] * H, h + j * H, (size_t)H * sizeof(T));
             memcpy(ccat + pos[j] * H, c + j * H, (size_t)H * sizeof(T));

@@ -34,6 +34,11 @@ def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def _at(p, offset: int):
+    """p + offset, or NULL for a NULL p."""
+    return None if p is None else p + offset
+
+
 def _widest(bounds) -> int:
     return max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -55,7 +60,7 @@ class ChildSumNative(torch.autograd.Function):
     n_main, og, lib -> h, c [N, H]. See `torch_levels._ChildSumLevels` for the algorithm."""
 
     @staticmethod
-    def forward(ctx, leaf, inner, b_main, b_f, U, parent, bounds, n_main, og, lib):
+    def forward(ctx, leaf, inner, b_main, b_f, U, parent, bounds, n_main, og, train, lib):
         fn = _fns(lib, leaf.dtype)
         N, n0, L = bounds[-1], bounds[1], len(bounds) - 1
         H = U.shape[1]
@@ -77,18 +82,22 @@ class ChildSumNative(torch.autograd.Function):
         KF[top:] = 0
         pP, pS0, pS1, pc, ph = map(_ptr, (P, S0, S1, c, h))
         pku, pkc, pF, pKF, ppar = map(_ptr, (ku, kc, F, KF, parent))
+        if not train:  # states only: no factors, nothing saved
+            pku = pkc = pKF = None
         for lv in range(L):
             s, e = bounds[lv], bounds[lv + 1]
             n, sH = e - s, s * H * z
             if lv:
                 P[s:e].addmm_(S0[s:e], U_main_t)
             fc = pS1 + sH if lv else None
-            fn.cs_gates_fwd(pP + s * nm * z, fc, pc + sH, ph + sH, pku + sH, pkc + sH, n, H, og)
+            fn.cs_gates_fwd(pP + s * nm * z, fc, pc + sH, ph + sH, _at(pku, sH), _at(pkc, sH), n, H,
+                            og)  # fmt: skip
             if lv == L - 1:
                 break
             torch.addmm(xf if pidx is None else xf[s:e], h[s:e], U_f_t, out=F[s:e])
-            fn.cs_push(pF + sH, pc + sH, ph + sH, pKF + sH, pS0, pS1, ppar + s * 8, n, H)
-        ctx.save_for_backward(U, parent, pidx, P, ku, kc, F, KF, h, S0)
+            fn.cs_push(pF + sH, pc + sH, ph + sH, _at(pKF, sH), pS0, pS1, ppar + s * 8, n, H)
+        if train:
+            ctx.save_for_backward(U, parent, pidx, P, ku, kc, F, KF, h, S0)
         ctx.meta = (bounds, n_main, og, None if inner is None else inner.shape[1], lib)
         return h, c
 
@@ -138,7 +147,7 @@ class ChildSumNative(torch.autograd.Function):
                 if pidx is not None:
                     d_f.index_add_(0, pidx, DF)
                 d_inner = torch.cat([d_inner, d_f], dim=1)
-        return DA[:n0], d_inner, DA.sum(0), DF.sum(0), d_U, None, None, None, None, None
+        return DA[:n0], d_inner, DA.sum(0), DF.sum(0), d_U, None, None, None, None, None, None
 
 
 class NaryNative(torch.autograd.Function):
@@ -146,7 +155,7 @@ class NaryNative(torch.autograd.Function):
     among its parent's K slots, M*K for roots), bounds, n_main, og, K, lib -> h, c [N, H]."""
 
     @staticmethod
-    def forward(ctx, leaf, inner, b_main, b_f, U, pos, bounds, n_main, og, K, lib):
+    def forward(ctx, leaf, inner, b_main, b_f, U, pos, bounds, n_main, og, K, train, lib):
         fn = _fns(lib, leaf.dtype)
         N, n0, L = bounds[-1], bounds[1], len(bounds) - 1
         M = N - n0
@@ -160,6 +169,8 @@ class NaryNative(torch.autograd.Function):
         ccat = leaf.new_zeros(M * K + 1, H)  # missing children stay zero states
         act0 = torch.add(leaf, b_main)
         pc, ph, pku, pkc, ppos, phc, pcc = map(_ptr, (c, h, ku, kc, pos, hcat, ccat))
+        if not train:  # states only: no factors, nothing saved
+            pku = pkc = None
         fn.nary_fwd(_ptr(act0), None, None, None, pc, ph, pku, pkc, ppos, phc, pcc, n0, 0, H, og)
         A = leaf.new_empty(M, lda)  # [i, (o), u, f_1..f_K]: activated, then the factors
         b_all = torch.cat([b_main, b_f])
@@ -170,6 +181,7 @@ class NaryNative(torch.autograd.Function):
         KF = leaf.new_empty(M, KH)
         fc = leaf.new_empty(M, H)
         pA, pKF, pfc = map(_ptr, (A, KF, fc))
+        pKF = pKF if train else None
         hc = hcat[: M * K].view(M, KH)
         Ut = U.t()
         for lv in range(1, L):
@@ -180,10 +192,11 @@ class NaryNative(torch.autograd.Function):
                 torch.addmm(b_all, hc[r:q], Ut, out=A[r:q])
             else:
                 A[r:q].addmm_(hc[r:q], Ut)
-            fn.nary_fwd(pA + r * lda * z, pcc + r * KH * z, pKF + r * KH * z, pfc + r * H * z,
-                        pc + sH, ph + sH, pku + sH, pkc + sH, ppos + s * 8, phc, pcc, n, K, H,
-                        og)  # fmt: skip
-        ctx.save_for_backward(U, pos, act0, A, ku, kc, KF, hc)
+            fn.nary_fwd(pA + r * lda * z, pcc + r * KH * z, _at(pKF, r * KH * z), pfc + r * H * z,
+                        pc + sH, ph + sH, _at(pku, sH), _at(pkc, sH), ppos + s * 8, phc, pcc, n,
+                        K, H, og)  # fmt: skip
+        if train:
+            ctx.save_for_backward(U, pos, act0, A, ku, kc, KF, hc)
         ctx.meta = (bounds, n_main, og, K, None if inner is None else inner.shape[1], lib)
         return h, c
 
@@ -230,4 +243,5 @@ class NaryNative(torch.autograd.Function):
             if inner_width > nm:
                 d_inner = torch.cat([d_inner, DA[:, nm:].view(M, K, H).sum(1)], dim=1)
         d_b_main = DA0.sum(0) + DA[:, :nm].sum(0)
-        return DA0, d_inner, d_b_main, DA[:, nm:].sum(0), d_U, None, None, None, None, None, None
+        d_b_f = DA[:, nm:].sum(0)
+        return DA0, d_inner, d_b_main, d_b_f, d_U, None, None, None, None, None, None, None

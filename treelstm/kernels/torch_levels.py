@@ -41,12 +41,12 @@ class _Factors(NamedTuple):
         return _Factors(self.kx[s:e], self.ku[s:e], self.kc[s:e])
 
 
-def _cell_forward(act: Tensor, fc: Tensor | None, c: Tensor, h: Tensor, k: _Factors, tc: Tensor):
+def _cell_forward(act: Tensor, fc: Tensor | None, c: Tensor, h: Tensor, k, tc: Tensor):
     """One level's states from its activations, then its gate factors (`_Factors`) in place.
 
     act [n, m*H] activations [i, (o), u] (overwritten by the factors); fc [n, H] the sum of
     f_k * c_k over the children (None: leaves). Writes c = i*u + fc and h = o*tanh(c) (or
-    tanh(c)); tc [n, H] is scratch for tanh(c).
+    tanh(c)); tc [n, H] is scratch for tanh(c). k None: no gradient wanted, states only.
     """
     H = c.shape[1]
     nm = act.shape[1]
@@ -55,6 +55,12 @@ def _cell_forward(act: Tensor, fc: Tensor | None, c: Tensor, h: Tensor, k: _Fact
         torch.mul(i, u, out=c)
     else:
         torch.addcmul(fc, i, u, out=c)
+    if k is None:
+        if nm == 3 * H:
+            torch.mul(act[:, H : 2 * H], torch.tanh(c, out=tc), out=h)
+        else:
+            torch.tanh(c, out=h)
+        return
     if nm == 3 * H:
         o = act[:, H : 2 * H]
         torch.tanh(c, out=tc)
@@ -109,7 +115,7 @@ class ChildSumLevels(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, leaf, inner, b_main, b_f, U, parent, bounds, n_main, og):
+    def forward(ctx, leaf, inner, b_main, b_f, U, parent, bounds, n_main, og, train):
         N, n0, L = bounds[-1], bounds[1], len(bounds) - 1
         H = U.shape[1]
         nm = n_main * H
@@ -131,7 +137,7 @@ class ChildSumLevels(torch.autograd.Function):
         S = leaf.new_zeros(2, N + 1, H)  # pushed by the children: [sum h | sum f*c]; row N dummy
         Z = leaf.new_empty(2, N, H)  # per node: [h | f*c towards its parent]
         c = leaf.new_empty(N, H)
-        k = _Factors(P, leaf.new_empty(N, H), leaf.new_empty(N, H))
+        k = _Factors(P, leaf.new_empty(N, H), leaf.new_empty(N, H)) if train else None
         F = leaf.new_empty(N, H)  # forget gate of the edge node -> parent
         KF = leaf.new_empty(N, H)  # its d(f c)/d(pre-activation) = c f (1 - f)
         top = bounds[L - 1]
@@ -145,14 +151,16 @@ class ChildSumLevels(torch.autograd.Function):
                 a.addmm_(S[0, s:e], U_main_t)
             _activate(a, H)
             fc = S[1, s:e] if lv else None
-            _cell_forward(a, fc, c[s:e], Z[0, s:e], k.rows(s, e), tc[: e - s])
+            _cell_forward(a, fc, c[s:e], Z[0, s:e], k and k.rows(s, e), tc[: e - s])
             if lv == L - 1:
                 break
             f = torch.addmm(xf if pidx is None else xf[s:e], Z[0, s:e], U_f_t, out=F[s:e])
             fc = torch.mul(f.sigmoid_(), c[s:e], out=Z[1, s:e])
-            torch.addcmul(fc, fc, f, value=-1, out=KF[s:e])
+            if train:
+                torch.addcmul(fc, fc, f, value=-1, out=KF[s:e])
             S.index_add_(1, parent[s:e], Z[:, s:e])
-        ctx.save_for_backward(U, parent, pidx, *k, F, KF, Z, S)
+        if train:
+            ctx.save_for_backward(U, parent, pidx, *k, F, KF, Z, S)
         ctx.meta = (bounds, n_main, None if inner is None else inner.shape[1])
         return Z[0], c
 
@@ -200,7 +208,7 @@ class ChildSumLevels(torch.autograd.Function):
                 if pidx is not None:
                     d_f.index_add_(0, pidx, DF)
                 d_inner = torch.cat([d_inner, d_f], dim=1)
-        return DA[:n0], d_inner, DA.sum(0), DF.sum(0), d_U, None, None, None, None
+        return DA[:n0], d_inner, DA.sum(0), DF.sum(0), d_U, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +224,7 @@ class NaryLevels(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, leaf, inner, b_main, b_f, U, slots, bounds, n_main, og, K):
+    def forward(ctx, leaf, inner, b_main, b_f, U, slots, bounds, n_main, og, K, train):
         N, n0, L = bounds[-1], bounds[1], len(bounds) - 1
         M = N - n0
         KH = U.shape[1]
@@ -232,7 +240,8 @@ class NaryLevels(torch.autograd.Function):
         # Leaves: activations of their own input, no children.
         act0 = torch.add(leaf, b_main)
         _activate(act0, H)
-        _cell_forward(act0, None, cb[:n0], hb[:n0], _Factors(act0, ku[:n0], kc[:n0]), tc[:n0])
+        k0 = _Factors(act0, ku[:n0], kc[:n0]) if train else None
+        _cell_forward(act0, None, cb[:n0], hb[:n0], k0, tc[:n0])
         # Internal nodes: A holds [i, (o), u, f_1..f_K], activated in place, then the factors.
         A = leaf.new_empty(M, nm + KH)
         b_all = torch.cat([b_main, b_f])
@@ -240,7 +249,7 @@ class NaryLevels(torch.autograd.Function):
             A[:, :nm] = inner[:, :nm]
             A[:, nm:] = inner[:, nm:].repeat(1, K) if inner.shape[1] > nm else 0
             A.add_(b_all)
-        k = _Factors(A[:, :nm], ku[n0:], kc[n0:])
+        k = _Factors(A[:, :nm], ku[n0:], kc[n0:]) if train else None
         hcat = leaf.new_empty(M, KH)  # children's h, concatenated per node
         cc = leaf.new_empty(_widest(bounds) * KH)  # scratch: one level's children's c
         KF = leaf.new_empty(M, K, H)  # c_k f_k (1 - f_k): d(f_k c_k) / d(f_k pre-activation)
@@ -261,9 +270,11 @@ class NaryLevels(torch.autograd.Function):
             f = a[:, nm:].sigmoid_().view(-1, K, H)
             fck = torch.mul(f, cc_l.view(-1, K, H), out=KF[r:q])
             torch.sum(fck, 1, out=fc[r:q])
-            fck.addcmul_(fck, f, value=-1)  # -> c f (1 - f)
-            _cell_forward(a[:, :nm], fc[r:q], cb[s:e], hb[s:e], k.rows(r, q), tc[: e - s])
-        ctx.save_for_backward(U, slots, act0, A, ku, kc, KF, hcat)
+            if train:
+                fck.addcmul_(fck, f, value=-1)  # -> c f (1 - f)
+            _cell_forward(a[:, :nm], fc[r:q], cb[s:e], hb[s:e], k and k.rows(r, q), tc[: e - s])
+        if train:
+            ctx.save_for_backward(U, slots, act0, A, ku, kc, KF, hcat)
         ctx.meta = (bounds, n_main, inner is not None and inner.shape[1], K)
         return hb[:N], cb[:N]
 
@@ -307,4 +318,4 @@ class NaryLevels(torch.autograd.Function):
                 d_f = DA[:, nm:].view(M, K, H).sum(1)
                 d_inner = torch.cat([d_inner, d_f], dim=1)
         d_b_main = DA0.sum(0) + DA[:, :nm].sum(0)
-        return DA0, d_inner, d_b_main, DA[:, nm:].sum(0), d_U, None, None, None, None, None
+        return DA0, d_inner, d_b_main, DA[:, nm:].sum(0), d_U, None, None, None, None, None, None
