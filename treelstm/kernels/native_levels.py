@@ -77,9 +77,6 @@ class ChildSumNative(torch.autograd.Function):
         S0 = leaf.new_zeros(N + 1, H)  # sum of the children's h (row N: the roots' dummy)
         S1 = leaf.new_zeros(N + 1, H)  # sum of the children's f c
         c, h, ku, kc, F, KF = (leaf.new_empty(N, H) for _ in range(6))
-        top = bounds[L - 1]
-        F[top:] = 0
-        KF[top:] = 0
         pP, pS0, pS1, pc, ph = map(_ptr, (P, S0, S1, c, h))
         pku, pkc, pF, pKF, ppar = map(_ptr, (ku, kc, F, KF, parent))
         if not train:  # states only: no factors, nothing saved
@@ -92,8 +89,7 @@ class ChildSumNative(torch.autograd.Function):
             fc = pS1 + sH if lv else None
             fn.cs_gates_fwd(pP + s * nm * z, fc, pc + sH, ph + sH, _at(pku, sH), _at(pkc, sH), n, H,
                             og)  # fmt: skip
-            if lv == L - 1:
-                break
+            # Every level pushes, the top one too (roots into the dummy row), see torch_levels.
             torch.addmm(xf if pidx is None else xf[s:e], h[s:e], U_f_t, out=F[s:e])
             fn.cs_push(pF + sH, pc + sH, ph + sH, _at(pKF, sH), pS0, pS1, ppar + s * 8, n, H)
         if train:
@@ -119,7 +115,7 @@ class ChildSumNative(torch.autograd.Function):
         G0[N] = 0
         G1[N] = 0
         DA = h.new_empty(N, nm)
-        DF = h.new_zeros(N, H)
+        DF = h.new_empty(N, H)
         w = _widest(bounds)
         dc, dh = h.new_empty(w, H), h.new_empty(w, H)
         pG0, pG1, ppar, pF, pKF, pdco, pdho = map(_ptr, (G0, G1, parent, F, KF, dc_out, dh_out))
@@ -127,14 +123,10 @@ class ChildSumNative(torch.autograd.Function):
         for lv in reversed(range(L)):
             s, e = bounds[lv], bounds[lv + 1]
             n, sH = e - s, s * H * z
-            if lv < L - 1:
-                fn.cs_bwd_pull(pG0, pG1, ppar + s * 8, pF + sH, pKF + sH, pdco + sH, pdho + sH,
-                               pdc, pDF + sH, pdh, n, H)  # fmt: skip
-                dh[:n].addmm_(DF[s:e], U_f)
-                dh_l, dc_l = pdh, pdc
-            else:
-                dh_l, dc_l = pdho + sH, pdco + sH
-            fn.cs_gates_bwd(pP + s * nm * z, pku + sH, pkc + sH, dh_l, dc_l, pDA + s * nm * z,
+            fn.cs_bwd_pull(pG0, pG1, ppar + s * 8, pF + sH, pKF + sH, pdco + sH, pdho + sH, pdc,
+                           pDF + sH, pdh, n, H)  # fmt: skip
+            dh[:n].addmm_(DF[s:e], U_f)
+            fn.cs_gates_bwd(pP + s * nm * z, pku + sH, pkc + sH, pdh, pdc, pDA + s * nm * z,
                             pG0 + sH, n, H, og)  # fmt: skip
             if lv:
                 torch.mm(DA[s:e], U_main, out=G1[s:e])

@@ -140,9 +140,6 @@ class ChildSumLevels(torch.autograd.Function):
         k = _Factors(P, leaf.new_empty(N, H), leaf.new_empty(N, H)) if train else None
         F = leaf.new_empty(N, H)  # forget gate of the edge node -> parent
         KF = leaf.new_empty(N, H)  # its d(f c)/d(pre-activation) = c f (1 - f)
-        top = bounds[L - 1]
-        F[top:] = 0  # the top level holds roots only: no edge
-        KF[top:] = 0
         tc = leaf.new_empty(_widest(bounds), H)
         for lv in range(L):
             s, e = bounds[lv], bounds[lv + 1]
@@ -152,8 +149,8 @@ class ChildSumLevels(torch.autograd.Function):
             _activate(a, H)
             fc = S[1, s:e] if lv else None
             _cell_forward(a, fc, c[s:e], Z[0, s:e], k and k.rows(s, e), tc[: e - s])
-            if lv == L - 1:
-                break
+            # Every level pushes, the top one too (its roots into the dummy row): the loop makes
+            # no assumption on what a level holds (benchmarks.batching's oracle cuts the levels).
             f = torch.addmm(xf if pidx is None else xf[s:e], Z[0, s:e], U_f_t, out=F[s:e])
             fc = torch.mul(f.sigmoid_(), c[s:e], out=Z[1, s:e])
             if train:
@@ -181,7 +178,7 @@ class ChildSumLevels(torch.autograd.Function):
         G = h.new_empty(2, N + 1, H)
         G[:, N] = 0  # the dummy parent of the roots
         DA = h.new_empty(N, nm)  # d pre-activations [i, (o), u]
-        DF = h.new_zeros(N, H)  # d forget pre-activation of each edge (roots: 0)
+        DF = h.new_empty(N, H)  # d forget pre-activation of each edge (roots: 0)
         w = _widest(bounds)
         g_buf = h.new_empty(2 * w * H)  # scratch for one level's gathered parent rows
         dc = h.new_empty(w, H)
@@ -189,13 +186,10 @@ class ChildSumLevels(torch.autograd.Function):
         for lv in reversed(range(L)):
             s, e = bounds[lv], bounds[lv + 1]
             n = e - s
-            if lv < L - 1:
-                g = torch.index_select(G, 1, parent[s:e], out=g_buf[: 2 * n * H].view(2, n, H))
-                dc_l = torch.addcmul(dc_out[s:e], g[0], F[s:e], out=dc[:n])
-                torch.mul(g[0], KF[s:e], out=DF[s:e])
-                dh_l = torch.add(dh_out[s:e], g[1], out=dh[:n]).addmm_(DF[s:e], U_f)
-            else:
-                dh_l, dc_l = dh_out[s:e], dc_out[s:e]
+            g = torch.index_select(G, 1, parent[s:e], out=g_buf[: 2 * n * H].view(2, n, H))
+            dc_l = torch.addcmul(dc_out[s:e], g[0], F[s:e], out=dc[:n])
+            torch.mul(g[0], KF[s:e], out=DF[s:e])
+            dh_l = torch.add(dh_out[s:e], g[1], out=dh[:n]).addmm_(DF[s:e], U_f)
             _gates_backward(k.rows(s, e), dh_l, dc_l, DA[s:e], G[0, s:e])
             if lv:
                 torch.mm(DA[s:e], U_main, out=G[1, s:e])
