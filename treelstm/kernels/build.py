@@ -1,15 +1,18 @@
 """Build, cache and load the native element-wise kernels (`levels.c`) through ctypes.
 
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) --
-``-O3 -march=native``, no torch headers, about a second -- and cached under
+``-O3 -march=native``, no torch headers, about a second -- and multiplies matrices with the
+BLAS torch is built with (the ``sgemm_`` / ``dgemm_`` libtorch_cpu exports: MKL on x86), so it
+runs on torch's own thread setting. It is cached under
 ``$TREELSTM_CACHE`` (default ``~/.cache/treelstm``) in a file named by a hash of the sources,
 the flags, the compiler's version and the CPU, so a changed source, compiler or machine never
 loads a stale build. The build writes a temporary file and renames it, so processes that build
 at the same time do not see each other's half-written file.
 
-``TREELSTM_NATIVE=0`` turns the native kernels off. When there is no compiler or the build
-fails, `library()` returns None after one line on the ``treelstm`` logger, and the level
-executor runs its pure-PyTorch kernels, which compute the same function.
+``TREELSTM_NATIVE=0`` turns the native kernels off. When there is no compiler, the build
+fails or torch's BLAS is not reachable, `library()` returns None after one line on the
+``treelstm`` logger, and the level executor runs its pure-PyTorch kernels, which compute the
+same function.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from types import SimpleNamespace
 
 __all__ = ["library"]
 
-ABI = 2  # bumped with any change of an exported signature (checked after loading)
+ABI = 3  # bumped with any change of an exported signature (checked after loading)
 SOURCES = ("levels.c", "levels_impl.h")
 FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno"],
@@ -38,12 +41,10 @@ log = logging.getLogger("treelstm")
 _P, _I, _B = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 # name -> argument types (pointers are c_void_p: raw data_ptr() addresses)
 SIGNATURES = {
-    "cs_gates_fwd": [_P] * 6 + [_I, _I, _B],
-    "cs_push": [_P] * 7 + [_I, _I],
-    "cs_bwd_pull": [_P] * 10 + [_I, _I],
-    "cs_gates_bwd": [_P] * 7 + [_I, _I, _B],
-    "nary_fwd": [_P] * 11 + [_I, _I, _I, _B],
-    "nary_bwd": [_P] * 14 + [_I, _I, _I, _B],
+    "cs_forward": [_P] * 15 + [_I, _I, _B],
+    "cs_backward": [_P] * 17 + [_I, _I, _B],
+    "nary_forward": [_P] * 14 + [_I, _I, _I, _B],
+    "nary_backward": [_P] * 17 + [_I, _I, _I, _B],
 }
 
 _lock = threading.Lock()
@@ -63,10 +64,12 @@ def library() -> SimpleNamespace | None:
 
 def _load() -> SimpleNamespace | None:
     try:
+        sgemm, dgemm = _blas()
         path = _build()
         cdll = ctypes.CDLL(str(path))
         if cdll.treelstm_levels_abi() != ABI:
             raise OSError(f"{path} has ABI {cdll.treelstm_levels_abi()}, expected {ABI}")
+        cdll.treelstm_set_blas(ctypes.c_void_p(sgemm), ctypes.c_void_p(dgemm))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         log.warning("treelstm: native level kernels unavailable (%s); using PyTorch ops", e)
         return None
@@ -80,6 +83,23 @@ def _load() -> SimpleNamespace | None:
             setattr(ns, name, fn)
         setattr(lib, suffix, ns)
     return lib
+
+
+def _blas() -> tuple[int, int]:
+    """Addresses of sgemm_ and dgemm_ in the BLAS torch was built with (libtorch_cpu)."""
+    import torch
+
+    lib_dir = Path(torch.__file__).resolve().parent / "lib"
+    for path in sorted(lib_dir.glob("libtorch_cpu.*")):
+        try:
+            lib = ctypes.CDLL(str(path))
+            return (
+                ctypes.cast(lib.sgemm_, ctypes.c_void_p).value,
+                ctypes.cast(lib.dgemm_, ctypes.c_void_p).value,
+            )
+        except (OSError, AttributeError):
+            continue
+    raise RuntimeError(f"no sgemm_/dgemm_ exported by torch's libtorch_cpu in {lib_dir}")
 
 
 def _source_dir() -> Path:

@@ -1,9 +1,10 @@
-/* Native element-wise kernels of treelstm's fused level loop (see levels_impl.h).
+/* Native level loops of treelstm's fused Tree-LSTM kernels (see levels_impl.h).
  *
- * Built on first use by treelstm/kernels/native.py with the system C compiler
+ * Built on first use by treelstm/kernels/build.py with the system C compiler
  * (cc -O3 -march=native), cached per source, compiler flags and CPU, and called through
  * ctypes on raw pointers of contiguous CPU tensors the Python side allocated and checked.
- * No torch headers: it compiles in about a second.
+ * No torch headers: it compiles in about a second. The matmuls go to the BLAS torch itself
+ * uses: its Fortran-interface sgemm_ / dgemm_, handed over by `treelstm_set_blas`.
  *
  * float: sigmoid and tanh from one exp, written so that gcc vectorises the loops that call
  * them (Cephes-style range reduction and polynomial, about 2 ulp; tanh uses its odd
@@ -53,13 +54,33 @@ static inline float tanh_f32(float x)
 
 static inline double sigm_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-int treelstm_levels_abi(void) { return 2; }
+int treelstm_levels_abi(void) { return 3; }
+
+typedef void (*gemm_f32_t)(const char *, const char *, const int *, const int *, const int *,
+                           const float *, const float *, const int *, const float *,
+                           const int *, const float *, float *, const int *);
+typedef void (*gemm_f64_t)(const char *, const char *, const int *, const int *, const int *,
+                           const double *, const double *, const int *, const double *,
+                           const int *, const double *, double *, const int *);
+static gemm_f32_t sgemm_ptr;
+static gemm_f64_t dgemm_ptr;
+
+void treelstm_set_blas(void *sgemm, void *dgemm)
+{
+    sgemm_ptr = (gemm_f32_t)sgemm;
+    dgemm_ptr = (gemm_f64_t)dgemm;
+}
+
+/* Levels with at most this many rows multiply in a direct loop instead of a BLAS call. */
+#define SMALL_M 4
 
 #define T float
 #define SUF f32
 #define SIGM sigm_f32
 #define TANH tanh_f32
+#define BLAS_GEMM sgemm_ptr
 #include "levels_impl.h"
+#undef BLAS_GEMM
 #undef T
 #undef SUF
 #undef SIGM
@@ -69,7 +90,9 @@ int treelstm_levels_abi(void) { return 2; }
 #define SUF f64
 #define SIGM sigm_f64
 #define TANH tanh
+#define BLAS_GEMM dgemm_ptr
 #include "levels_impl.h"
+#undef BLAS_GEMM
 #undef T
 #undef SUF
 #undef SIGM

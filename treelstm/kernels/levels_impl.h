@@ -1,10 +1,11 @@
-/* The element-wise half of one level of the fused Tree-LSTM kernels, for one real type.
+/* The fused Tree-LSTM level loops, forward and backward, for one real type.
  *
- * Included twice by levels.c, with T = float / double, SUF = f32 / f64 and SIGM, TANH the
- * activations for that type. The matmuls of a level stay in torch (the caller runs them
- * between these calls); everything else of a level -- activations, cell state, the gates'
- * local derivatives, the forget gates, and moving rows between parents and children -- is
- * one pass over the level's rows here, instead of a dozen torch ops.
+ * Included twice by levels.c, with T = float / double, SUF = f32 / f64, SIGM and TANH the
+ * activations and BLAS_GEMM the Fortran-interface gemm of that type. Each exported function
+ * runs a whole loop over the levels: per level, the matmuls through U (the BLAS torch itself
+ * uses, or a direct loop for the few-row levels near the roots) and one pass over the level's
+ * rows for everything else -- activations, cell state, the gates' local derivatives, the
+ * forget gates, and moving rows between parents and children.
  *
  * Layouts (row-major, rows of the level are contiguous, `lda` is a row's stride):
  *   act  [n, lda]  pre-activations [i, (o), u] (Child-Sum; lda = m*H) or
@@ -84,7 +85,7 @@ static inline void FN(row_bwd)(const T *restrict k, const T *restrict ku, const 
 
 /* Forward gates of n nodes. act [n, m*H]; fc [n, H] or NULL; c, h, ku, kc [n, H] (ku, kc
  * NULL: states only). */
-void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc, int64_t n, int64_t H,
+static void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc, int64_t n, int64_t H,
                       int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
@@ -96,7 +97,7 @@ void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c, T *r
 /* Forget gates of n edges node -> parent, and the push into the parents' sums.
  * F [n, H] holds W_f x_parent + b_f + U_f h on entry and f on exit; KF = c f (1 - f) (KF
  * NULL: not wanted); S0[parent] += h, S1[parent] += f c. */
-void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *restrict KF, T *restrict S0, T *restrict S1, const int64_t *restrict parent,
+static void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *restrict KF, T *restrict S0, T *restrict S1, const int64_t *restrict parent,
                  int64_t n, int64_t H)
 {
     for (int64_t j = 0; j < n; j++) {
@@ -121,7 +122,7 @@ void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *res
 /* What n nodes get from their parents: G0 [., H] is the parents' total dc, G1 the parents'
  * d(sum of children's h). dc = dc_out + G0[p] f; DF = G0[p] KF (the edge's forget-gate
  * gradient); dh = dh_out + G1[p] (the caller adds DF U_f). */
-void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1, const int64_t *restrict parent, const T *restrict F, const T *restrict KF,
+static void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1, const int64_t *restrict parent, const T *restrict F, const T *restrict KF,
                      const T *restrict dc_out, const T *restrict dh_out, T *restrict dc, T *restrict DF, T *restrict dh, int64_t n,
                      int64_t H)
 {
@@ -138,7 +139,7 @@ void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1, const int64_t *
 }
 
 /* Gate backward of n nodes: DA [n, m*H] d pre-activations, dct [n, H] total dc. */
-void FN(cs_gates_bwd)(const T *restrict k, const T *restrict ku, const T *restrict kc, const T *restrict dh, const T *restrict dc, T *restrict DA,
+static void FN(cs_gates_bwd)(const T *restrict k, const T *restrict ku, const T *restrict kc, const T *restrict dh, const T *restrict dc, T *restrict DA,
                       T *restrict dct, int64_t n, int64_t H, int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
@@ -168,7 +169,7 @@ static inline void FN(forget_row)(T *restrict f, const T *restrict c, T *restric
  * c_k f_k (1 - f_k), fc [n, H] scratch, c, h, ku, kc [n, H] (KF, ku, kc NULL: states only). With pos != NULL, each node
  * also copies its h and c into its parent's child slot: rows pos[j] of hcat / ccat
  * ([., H], one row per parent slot; roots point at a dummy row). K = 0: leaves. */
-void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc,
+static void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc,
                   const int64_t *restrict pos, T *restrict hcat, T *restrict ccat, int64_t n, int64_t K, int64_t H, int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
@@ -194,7 +195,7 @@ void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *rest
  * DHC = d h and DCC = d c; dummy row for roots; pos NULL: none) and adds its own dh_out,
  * dc_out; writes DA [n, m*H + K*H] (the f blocks: dct KF) and, for its K children, their d c
  * into DCC_out [n, K*H] (dct f_k). The caller then runs DA U into DHC for the children. */
-void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *restrict kc, const T *restrict KF, const T *restrict dh_out,
+static void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *restrict kc, const T *restrict KF, const T *restrict dh_out,
                   const T *restrict dc_out, const T *restrict DHC, const T *restrict DCC, const int64_t *restrict pos, T *restrict DA,
                   T *restrict DCC_out, T *restrict dh, T *restrict dc, T *restrict dct, int64_t n, int64_t K, int64_t H, int og)
 {
@@ -228,6 +229,133 @@ void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *restrict
             }
         }
     }
+}
+
+
+/* ---------------------------------------------------------------------------- matmul */
+
+/* Row-major C [M, N] = A [M, K] B [K, N] + beta C, all contiguous in their rows (leading
+ * dimensions lda, ldb, ldc). Levels near the roots have a handful of rows: there a direct
+ * loop that streams B once beats a BLAS call that packs B first. */
+static void FN(gemm)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64_t lda,
+                     const T *restrict B, int64_t ldb, T beta, T *restrict C, int64_t ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (M <= SMALL_M || K == 0) {
+        for (int64_t m = 0; m < M; m++) {
+            T *restrict c = C + m * ldc;
+            if (beta == (T)0)
+                memset(c, 0, (size_t)N * sizeof(T));
+            for (int64_t k = 0; k < K; k++) {
+                const T a = A[m * lda + k];
+                const T *restrict b = B + k * ldb;
+                for (int64_t j = 0; j < N; j++)
+                    c[j] += a * b[j];
+            }
+        }
+        return;
+    }
+    /* column-major view: C^T = B^T A^T */
+    const char no = 'N';
+    const int m = (int)N, n = (int)M, k = (int)K;
+    const int lb = (int)ldb, la = (int)lda, lc = (int)ldc;
+    const T one = (T)1;
+    BLAS_GEMM(&no, &no, &m, &n, &k, &one, B, &lb, A, &la, &beta, C, &lc);
+}
+
+/* ---------------------------------------------------------------------------- loops */
+
+/* Child-Sum forward over L levels (bounds [L+1]). P [N, m*H] pre-activations (in: x part and
+ * biases; out: gate factors); S0, S1 [N+1, H] zeros (sums of the children's h and f c; row N
+ * is the roots' dummy parent); c, h, F (forget gate of the edge to the parent) [N, H]; ku,
+ * kc, KF [N, H] the factors (NULL: no gradient wanted); xf [N, H] each node's parent's W_f x
+ * + b_f, or NULL with bf [H] (b_f for every edge); UmT [H, m*H] and UfT [H, H]: U_iou^T, U_f^T.
+ */
+void FN(cs_forward)(T *P, T *S0, T *S1, T *c, T *h, T *F, T *ku, T *kc, T *KF, const T *xf,
+                    const T *bf, const T *UmT, const T *UfT, const int64_t *parent,
+                    const int64_t *bounds, int64_t L, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    for (int64_t lv = 0; lv < L; lv++) {
+        const int64_t s = bounds[lv], n = bounds[lv + 1] - s;
+        if (lv)
+            FN(gemm)(n, nm, H, S0 + s * H, H, UmT, nm, (T)1, P + s * nm, nm);
+        FN(cs_gates_fwd)(P + s * nm, lv ? S1 + s * H : NULL, c + s * H, h + s * H,
+                         ku ? ku + s * H : NULL, kc ? kc + s * H : NULL, n, H, og);
+        /* every level pushes, the top one too (its roots into the dummy row) */
+        for (int64_t j = 0; j < n; j++)
+            memcpy(F + (s + j) * H, xf ? xf + (s + j) * H : bf, (size_t)H * sizeof(T));
+        FN(gemm)(n, H, H, h + s * H, H, UfT, H, (T)1, F + s * H, H);
+        FN(cs_push)(F + s * H, c + s * H, h + s * H, KF ? KF + s * H : NULL, S0, S1,
+                    parent + s, n, H);
+    }
+}
+
+/* Child-Sum backward, levels from the top. dh_out, dc_out [N, H] the incoming gradients;
+ * G0, G1 [N+1, H] (row N zero) what each node leaves its children; DA [N, m*H] and DF [N, H]
+ * the gradients of the pre-activations and of each edge's forget pre-activation; dh, dc
+ * [widest level, H] scratch; Um [m*H, H] and Uf [H, H]: U_iou and U_f. */
+void FN(cs_backward)(const T *P, const T *ku, const T *kc, const T *F, const T *KF,
+                     const T *dh_out, const T *dc_out, T *G0, T *G1, T *DA, T *DF, T *dh, T *dc,
+                     const T *Um, const T *Uf, const int64_t *parent, const int64_t *bounds,
+                     int64_t L, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H;
+    for (int64_t lv = L - 1; lv >= 0; lv--) {
+        const int64_t s = bounds[lv], n = bounds[lv + 1] - s;
+        FN(cs_bwd_pull)(G0, G1, parent + s, F + s * H, KF + s * H, dc_out + s * H,
+                        dh_out + s * H, dc, DF + s * H, dh, n, H);
+        FN(gemm)(n, H, H, DF + s * H, H, Uf, H, (T)1, dh, H);
+        FN(cs_gates_bwd)(P + s * nm, ku + s * H, kc + s * H, dh, dc, DA + s * nm, G0 + s * H,
+                         n, H, og);
+        if (lv)
+            FN(gemm)(n, H, nm, DA + s * nm, nm, Um, H, (T)0, G1 + s * H, H);
+    }
+}
+
+/* N-ary forward. act0 [n0, m*H] the leaves' pre-activations; A [M, m*H + K*H] the internal
+ * nodes' (in: x part and biases, or anything when b_all [m*H + K*H] is given, which is then
+ * copied in level by level); hcat, ccat [M*K + 1, H] zeros: the children's states per parent
+ * slot (+ the roots' dummy row); KF [M, K*H], ku, kc [N, H] the factors (NULL: no gradient
+ * wanted); fc [M, H] scratch; c, h [N, H]; UT [K*H, m*H + K*H] = U^T; pos [N] each node's
+ * parent slot. */
+void FN(nary_forward)(T *act0, T *A, const T *b_all, T *hcat, T *ccat, T *KF, T *fc, T *c,
+                      T *h, T *ku, T *kc, const T *UT, const int64_t *pos,
+                      const int64_t *bounds, int64_t L, int64_t K, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H, KH = K * H, lda = nm + KH, n0 = bounds[1];
+    FN(nary_fwd)(act0, NULL, NULL, NULL, c, h, ku, kc, pos, hcat, ccat, n0, 0, H, og);
+    for (int64_t lv = 1; lv < L; lv++) {
+        const int64_t s = bounds[lv], n = bounds[lv + 1] - s, r = s - n0;
+        if (b_all)
+            for (int64_t j = 0; j < n; j++)
+                memcpy(A + (r + j) * lda, b_all, (size_t)lda * sizeof(T));
+        FN(gemm)(n, lda, KH, hcat + r * KH, KH, UT, lda, (T)1, A + r * lda, lda);
+        FN(nary_fwd)(A + r * lda, ccat + r * KH, KF ? KF + r * KH : NULL, fc + r * H,
+                     c + s * H, h + s * H, ku ? ku + s * H : NULL, kc ? kc + s * H : NULL,
+                     pos + s, hcat, ccat, n, K, H, og);
+    }
+}
+
+/* N-ary backward, levels from the top. DHC, DCC [M*K + 1, H] (row M*K zero) the gradients
+ * each parent leaves in its child slots; DA [M, m*H + K*H], DA0 [n0, m*H] the gradients of
+ * the pre-activations; dh, dc, dct [widest level, H] scratch; U [m*H + K*H, K*H]. */
+void FN(nary_backward)(const T *act0, const T *A, const T *ku, const T *kc, const T *KF,
+                       const T *dh_out, const T *dc_out, T *DHC, T *DCC, T *DA, T *DA0, T *dh,
+                       T *dc, T *dct, const T *U, const int64_t *pos, const int64_t *bounds,
+                       int64_t L, int64_t K, int64_t H, int og)
+{
+    const int64_t nm = og ? 3 * H : 2 * H, KH = K * H, lda = nm + KH, n0 = bounds[1];
+    for (int64_t lv = L - 1; lv >= 1; lv--) {
+        const int64_t s = bounds[lv], n = bounds[lv + 1] - s, r = s - n0;
+        FN(nary_bwd)(A + r * lda, ku + s * H, kc + s * H, KF + r * KH, dh_out + s * H,
+                     dc_out + s * H, DHC, DCC, pos + s, DA + r * lda, DCC + r * KH, dh, dc,
+                     dct, n, K, H, og);
+        FN(gemm)(n, KH, lda, DA + r * lda, lda, U, KH, (T)0, DHC + r * KH, KH);
+    }
+    FN(nary_bwd)(act0, ku, kc, NULL, dh_out, dc_out, DHC, DCC, pos, DA0, NULL, dh, dc, dct, n0,
+                 0, H, og);
 }
 
 #undef FN
