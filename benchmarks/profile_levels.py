@@ -12,7 +12,9 @@ pass. Printed per cell and batch size:
 - minor page faults per step (fresh memory the kernel has to zero: a cost of allocating large
   buffers anew at every step).
 
-Op counts and page faults do not depend on the machine's load; times do (quote shares).
+Op counts and page faults do not depend on the machine's load; times do (quote shares). With
+``TREELSTM_NATIVE_TIMING=1`` the native loops are built with timers and the report splits
+their time into BLAS matmuls, direct (few-row) matmuls and the rest.
 
     python -m benchmarks.profile_levels [--trees sst|synthetic|PATH] [--n-trees 512]
         [--cell childsum,nary] [--batch-sizes 25,256] [--threads 1] [--input-at leaves]
@@ -137,6 +139,7 @@ def profile_pass(step: Step, trees, B: int) -> dict:
     for b in batches:
         step(b)
     step.levels = 0
+    build.timing()  # resets the native timers (when built with them)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     native: dict[str, list[float]] = {}
     with profile(activities=[ProfilerActivity.CPU]) as prof, native_timer(native):
@@ -145,6 +148,7 @@ def profile_pass(step: Step, trees, B: int) -> dict:
             step(b)
         wall = time.perf_counter() - t
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    inside = build.timing()  # where the native loops' time went (TREELSTM_NATIVE_TIMING=1)
     ops = [
         {
             "op": e.key,
@@ -167,6 +171,7 @@ def profile_pass(step: Step, trees, B: int) -> dict:
         "wall_ms": wall * 1e3,
         "page_faults_per_step": faults / len(batches),
         "ops": ops,
+        "native_inside_ms": None if inside is None else {k: v * 1e3 for k, v in inside.items()},
     }
 
 
@@ -196,6 +201,13 @@ def print_report(kind: str, r: dict, top: int) -> None:
     print(f"  {'category':28s} {'calls':>7s} {'/level':>7s} {'self ms':>8s} {'share':>6s}")
     for name, (n, ms) in sorted(cats.items(), key=lambda kv: -kv[1][1]):
         print(f"  {name:28s} {n:7d} {n / lv:7.1f} {ms:8.1f} {ms / wall:6.1%}")
+    inside = r["native_inside_ms"]
+    if inside:
+        rest = inside["loops"] - inside["blas_matmul"] - inside["direct_matmul"]
+        print(
+            f"  inside the native loops: BLAS matmuls {inside['blas_matmul']:.1f} ms, direct "
+            f"matmuls {inside['direct_matmul']:.1f} ms, the rest (element-wise) {rest:.1f} ms"
+        )
     r["categories"] = {k: {"calls": v[0], "self_ms": v[1]} for k, v in cats.items()}
 
 

@@ -9,7 +9,8 @@ the flags, the compiler's version and the CPU, so a changed source, compiler or 
 loads a stale build. The build writes a temporary file and renames it, so processes that build
 at the same time do not see each other's half-written file.
 
-``TREELSTM_NATIVE=0`` turns the native kernels off. When there is no compiler, the build
+``TREELSTM_NATIVE=0`` turns the native kernels off; ``TREELSTM_NATIVE_TIMING=1`` builds them
+with timers (`timing`; for `benchmarks.profile_levels`). When there is no compiler, the build
 fails or torch's BLAS is not reachable, `library()` returns None after one line on the
 ``treelstm`` logger, and the level executor runs its pure-PyTorch kernels, which compute the
 same function.
@@ -28,7 +29,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-__all__ = ["library"]
+__all__ = ["library", "timing"]
 
 ABI = 3  # bumped with any change of an exported signature (checked after loading)
 SOURCES = ("levels.c", "levels_impl.h")
@@ -62,6 +63,24 @@ def library() -> SimpleNamespace | None:
     return _state["lib"]  # type: ignore[return-value]
 
 
+def timing() -> dict[str, float] | None:
+    """Seconds the native loops spent since the last call -- BLAS matmuls, direct matmuls (the
+    few-row levels), the loops in all -- when built with TREELSTM_NATIVE_TIMING=1, else None."""
+    lib = library()
+    if lib is None:
+        return None
+    out = (ctypes.c_double * 3)()
+    lib.cdll.treelstm_timing(out)
+    if out[0] < 0:
+        return None
+    return {"blas_matmul": out[0], "direct_matmul": out[1], "loops": out[2]}
+
+
+def _flag_sets() -> list[list[str]]:
+    extra = ["-DTREELSTM_TIMING"] if os.environ.get("TREELSTM_NATIVE_TIMING") == "1" else []
+    return [flags + extra for flags in FLAG_SETS]
+
+
 def _load() -> SimpleNamespace | None:
     try:
         sgemm, dgemm = _blas()
@@ -73,7 +92,7 @@ def _load() -> SimpleNamespace | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         log.warning("treelstm: native level kernels unavailable (%s); using PyTorch ops", e)
         return None
-    lib = SimpleNamespace()
+    lib = SimpleNamespace(cdll=cdll)
     for suffix in ("f32", "f64"):
         ns = SimpleNamespace()
         for name, argtypes in SIGNATURES.items():
@@ -140,7 +159,8 @@ def _build() -> Path:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update((src / name).read_bytes())
-    for part in (repr(FLAG_SETS), version, _cpu_signature(), platform.platform()):
+    flag_sets = _flag_sets()
+    for part in (repr(flag_sets), version, _cpu_signature(), platform.platform()):
         digest.update(part.encode())
     out = _cache_dir() / "native" / f"levels-{digest.hexdigest()[:20]}.so"
     if out.exists():
@@ -148,7 +168,7 @@ def _build() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     errors = []
-    for flags in FLAG_SETS:
+    for flags in flag_sets:
         cmd = [cc, *flags, "-fPIC", "-shared", "-o", str(tmp), str(src / "levels.c"), "-lm"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if r.returncode == 0:

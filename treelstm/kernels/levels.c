@@ -74,6 +74,38 @@ void treelstm_set_blas(void *sgemm, void *dgemm)
 /* Levels with at most this many rows multiply in a direct loop instead of a BLAS call. */
 #define SMALL_M 4
 
+/* With -DTREELSTM_TIMING (TREELSTM_NATIVE_TIMING=1 at build time; benchmarks.profile_levels)
+ * the loops add up where their time goes: [0] BLAS matmuls, [1] direct small matmuls, [2] the
+ * whole loops; read and reset with treelstm_timing. Without it the macros are empty. */
+#ifdef TREELSTM_TIMING
+#include <time.h>
+static double timing[3];
+static inline double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#define TIC double tic_ = now_s()
+#define TOC(k) (timing[k] += now_s() - tic_)
+#else
+#define TIC
+#define TOC(k)
+#endif
+
+void treelstm_timing(double *out)
+{
+#ifdef TREELSTM_TIMING
+    for (int k = 0; k < 3; k++) {
+        out[k] = timing[k];
+        timing[k] = 0;
+    }
+#else
+    for (int k = 0; k < 3; k++)
+        out[k] = -1;
+#endif
+}
+
 #define T float
 #define SUF f32
 #define SIGM sigm_f32

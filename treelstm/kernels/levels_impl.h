@@ -242,6 +242,7 @@ static void FN(gemm)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64
 {
     if (M <= 0 || N <= 0)
         return;
+    TIC;
     if (M <= SMALL_M || K == 0) {
         for (int64_t m = 0; m < M; m++) {
             T *restrict c = C + m * ldc;
@@ -254,6 +255,7 @@ static void FN(gemm)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64
                     c[j] += a * b[j];
             }
         }
+        TOC(1);
         return;
     }
     /* column-major view: C^T = B^T A^T */
@@ -262,6 +264,7 @@ static void FN(gemm)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64
     const int lb = (int)ldb, la = (int)lda, lc = (int)ldc;
     const T one = (T)1;
     BLAS_GEMM(&no, &no, &m, &n, &k, &one, B, &lb, A, &la, &beta, C, &lc);
+    TOC(0);
 }
 
 /* ---------------------------------------------------------------------------- loops */
@@ -276,6 +279,7 @@ void FN(cs_forward)(T *P, T *S0, T *S1, T *c, T *h, T *F, T *ku, T *kc, T *KF, c
                     const T *bf, const T *UmT, const T *UfT, const int64_t *parent,
                     const int64_t *bounds, int64_t L, int64_t H, int og)
 {
+    TIC;
     const int64_t nm = og ? 3 * H : 2 * H;
     for (int64_t lv = 0; lv < L; lv++) {
         const int64_t s = bounds[lv], n = bounds[lv + 1] - s;
@@ -290,6 +294,7 @@ void FN(cs_forward)(T *P, T *S0, T *S1, T *c, T *h, T *F, T *ku, T *kc, T *KF, c
         FN(cs_push)(F + s * H, c + s * H, h + s * H, KF ? KF + s * H : NULL, S0, S1,
                     parent + s, n, H);
     }
+    TOC(2);
 }
 
 /* Child-Sum backward, levels from the top. dh_out, dc_out [N, H] the incoming gradients;
@@ -301,6 +306,7 @@ void FN(cs_backward)(const T *P, const T *ku, const T *kc, const T *F, const T *
                      const T *Um, const T *Uf, const int64_t *parent, const int64_t *bounds,
                      int64_t L, int64_t H, int og)
 {
+    TIC;
     const int64_t nm = og ? 3 * H : 2 * H;
     for (int64_t lv = L - 1; lv >= 0; lv--) {
         const int64_t s = bounds[lv], n = bounds[lv + 1] - s;
@@ -312,6 +318,7 @@ void FN(cs_backward)(const T *P, const T *ku, const T *kc, const T *F, const T *
         if (lv)
             FN(gemm)(n, H, nm, DA + s * nm, nm, Um, H, (T)0, G1 + s * H, H);
     }
+    TOC(2);
 }
 
 /* N-ary forward. act0 [n0, m*H] the leaves' pre-activations; A [M, m*H + K*H] the internal
@@ -324,6 +331,7 @@ void FN(nary_forward)(T *act0, T *A, const T *b_all, T *hcat, T *ccat, T *KF, T 
                       T *h, T *ku, T *kc, const T *UT, const int64_t *pos,
                       const int64_t *bounds, int64_t L, int64_t K, int64_t H, int og)
 {
+    TIC;
     const int64_t nm = og ? 3 * H : 2 * H, KH = K * H, lda = nm + KH, n0 = bounds[1];
     FN(nary_fwd)(act0, NULL, NULL, NULL, c, h, ku, kc, pos, hcat, ccat, n0, 0, H, og);
     for (int64_t lv = 1; lv < L; lv++) {
@@ -336,6 +344,7 @@ void FN(nary_forward)(T *act0, T *A, const T *b_all, T *hcat, T *ccat, T *KF, T 
                      c + s * H, h + s * H, ku ? ku + s * H : NULL, kc ? kc + s * H : NULL,
                      pos + s, hcat, ccat, n, K, H, og);
     }
+    TOC(2);
 }
 
 /* N-ary backward, levels from the top. DHC, DCC [M*K + 1, H] (row M*K zero) the gradients
@@ -346,6 +355,7 @@ void FN(nary_backward)(const T *act0, const T *A, const T *ku, const T *kc, cons
                        T *dc, T *dct, const T *U, const int64_t *pos, const int64_t *bounds,
                        int64_t L, int64_t K, int64_t H, int og)
 {
+    TIC;
     const int64_t nm = og ? 3 * H : 2 * H, KH = K * H, lda = nm + KH, n0 = bounds[1];
     for (int64_t lv = L - 1; lv >= 1; lv--) {
         const int64_t s = bounds[lv], n = bounds[lv + 1] - s, r = s - n0;
@@ -356,6 +366,7 @@ void FN(nary_backward)(const T *act0, const T *A, const T *ku, const T *kc, cons
     }
     FN(nary_bwd)(act0, ku, kc, NULL, dh_out, dc_out, DHC, DCC, pos, DA0, NULL, dh, dc, dct, n0,
                  0, H, og);
+    TOC(2);
 }
 
 #undef FN
