@@ -72,7 +72,7 @@ void treelstm_set_blas(void *sgemm, void *dgemm)
 }
 
 /* Levels with at most this many rows multiply in a direct loop instead of a BLAS call. */
-#define SMALL_M 4
+#define SMALL_M 8
 
 /* With -DTREELSTM_TIMING (TREELSTM_NATIVE_TIMING=1 at build time; benchmarks.profile_levels)
  * the loops add up where their time goes: [0] BLAS matmuls, [1] direct small matmuls, [2] the

@@ -234,9 +234,64 @@ static void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *r
 
 /* ---------------------------------------------------------------------------- matmul */
 
+/* C[:, j0 : j0 + 64] of M <= 4 rows, accumulated in registers over all of K: B is read once
+ * and each element of C loaded and stored once (the plain loop is bound by those). */
+static inline __attribute__((always_inline)) void FN(gemm_block)(const int M, int64_t K,
+                                                                 const T *restrict A,
+                                                                 int64_t lda,
+                                                                 const T *restrict B,
+                                                                 int64_t ldb, T beta,
+                                                                 T *restrict C, int64_t ldc)
+{
+    T acc[4][64];
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < 64; j++)
+            acc[m][j] = beta == (T)0 ? (T)0 : C[m * ldc + j];
+    for (int64_t k = 0; k < K; k++) {
+        const T *restrict b = B + k * ldb;
+        for (int m = 0; m < M; m++) {
+            const T a = A[m * lda + k];
+            for (int j = 0; j < 64; j++)
+                acc[m][j] += a * b[j];
+        }
+    }
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < 64; j++)
+            C[m * ldc + j] = acc[m][j];
+}
+
+/* The same product for M <= 4 rows without BLAS: 64-column blocks, then the last columns. */
+static void FN(gemm_few)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64_t lda,
+                         const T *restrict B, int64_t ldb, T beta, T *restrict C, int64_t ldc)
+{
+    int64_t j0 = 0;
+    for (; j0 + 64 <= N; j0 += 64) {
+        switch (M) {
+        case 1: FN(gemm_block)(1, K, A, lda, B + j0, ldb, beta, C + j0, ldc); break;
+        case 2: FN(gemm_block)(2, K, A, lda, B + j0, ldb, beta, C + j0, ldc); break;
+        case 3: FN(gemm_block)(3, K, A, lda, B + j0, ldb, beta, C + j0, ldc); break;
+        default: FN(gemm_block)(4, K, A, lda, B + j0, ldb, beta, C + j0, ldc); break;
+        }
+    }
+    if (j0 == N)
+        return;
+    if (beta == (T)0)
+        for (int64_t m = 0; m < M; m++)
+            memset(C + m * ldc + j0, 0, (size_t)(N - j0) * sizeof(T));
+    for (int64_t k = 0; k < K; k++) {
+        const T *restrict b = B + k * ldb;
+        for (int64_t m = 0; m < M; m++) {
+            const T a = A[m * lda + k];
+            T *restrict c = C + m * ldc;
+            for (int64_t j = j0; j < N; j++)
+                c[j] += a * b[j];
+        }
+    }
+}
+
 /* Row-major C [M, N] = A [M, K] B [K, N] + beta C, all contiguous in their rows (leading
  * dimensions lda, ldb, ldc). Levels near the roots have a handful of rows: there a direct
- * loop that streams B once beats a BLAS call that packs B first. */
+ * loop that streams B once beats a BLAS call, which packs B first. */
 static void FN(gemm)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64_t lda,
                      const T *restrict B, int64_t ldb, T beta, T *restrict C, int64_t ldc)
 {
@@ -244,17 +299,9 @@ static void FN(gemm)(int64_t M, int64_t N, int64_t K, const T *restrict A, int64
         return;
     TIC;
     if (M <= SMALL_M || K == 0) {
-        for (int64_t m = 0; m < M; m++) {
-            T *restrict c = C + m * ldc;
-            if (beta == (T)0)
-                memset(c, 0, (size_t)N * sizeof(T));
-            for (int64_t k = 0; k < K; k++) {
-                const T a = A[m * lda + k];
-                const T *restrict b = B + k * ldb;
-                for (int64_t j = 0; j < N; j++)
-                    c[j] += a * b[j];
-            }
-        }
+        for (int64_t m = 0; m < M; m += 4)
+            FN(gemm_few)(M - m < 4 ? M - m : 4, N, K, A + m * lda, lda, B, ldb, beta,
+                         C + m * ldc, ldc);
         TOC(1);
         return;
     }
