@@ -95,10 +95,12 @@ static void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict 
 }
 
 /* Forget gates of n edges node -> parent, and the push into the parents' sums.
- * F [n, H] holds W_f x_parent + b_f + U_f h on entry and f on exit; KF = c f (1 - f) (KF
+ * F [n, H] holds W_f x_parent + b_f + U_f h on entry (or U_f h, with bf [H] = b_f to add)
+ * and f on exit; KF = c f (1 - f) (KF
  * NULL: not wanted); S0[parent] += h, S1[parent] += f c. */
-static void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h, T *restrict KF, T *restrict S0, T *restrict S1, const int64_t *restrict parent,
-                 int64_t n, int64_t H)
+static void FN(cs_push)(T *restrict F, const T *restrict bf, const T *restrict c,
+                        const T *restrict h, T *restrict KF, T *restrict S0, T *restrict S1,
+                        const int64_t *restrict parent, int64_t n, int64_t H)
 {
     for (int64_t j = 0; j < n; j++) {
         T *restrict f = F + j * H;
@@ -108,7 +110,7 @@ static void FN(cs_push)(T *restrict F, const T *restrict c, const T *restrict h,
         T *restrict s0 = S0 + parent[j] * H;
         T *restrict s1 = S1 + parent[j] * H;
         for (int64_t t = 0; t < H; t++) {
-            T g = SIGM(f[t]);
+            T g = SIGM(bf ? f[t] + bf[t] : f[t]);
             T fc = g * cj[t];
             f[t] = g;
             if (KF)
@@ -335,11 +337,11 @@ void FN(cs_forward)(T *P, T *S0, T *S1, T *c, T *h, T *F, T *ku, T *kc, T *KF, c
         FN(cs_gates_fwd)(P + s * nm, lv ? S1 + s * H : NULL, c + s * H, h + s * H,
                          ku ? ku + s * H : NULL, kc ? kc + s * H : NULL, n, H, og);
         /* every level pushes, the top one too (its roots into the dummy row) */
-        for (int64_t j = 0; j < n; j++)
-            memcpy(F + (s + j) * H, xf ? xf + (s + j) * H : bf, (size_t)H * sizeof(T));
-        FN(gemm)(n, H, H, h + s * H, H, UfT, H, (T)1, F + s * H, H);
-        FN(cs_push)(F + s * H, c + s * H, h + s * H, KF ? KF + s * H : NULL, S0, S1,
-                    parent + s, n, H);
+        if (xf)
+            memcpy(F + s * H, xf + s * H, (size_t)(n * H) * sizeof(T));
+        FN(gemm)(n, H, H, h + s * H, H, UfT, H, xf ? (T)1 : (T)0, F + s * H, H);
+        FN(cs_push)(F + s * H, xf ? NULL : bf, c + s * H, h + s * H, KF ? KF + s * H : NULL,
+                    S0, S1, parent + s, n, H);
     }
     TOC(2);
 }
