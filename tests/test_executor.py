@@ -330,3 +330,28 @@ def test_forcing_native_where_it_cannot_run_says_why():
             run(cell, sched, torch.zeros(sched.num_nodes, IN, dtype=torch.bfloat16))
     finally:
         kernels.set_native(old)
+
+
+@pytest.mark.parametrize("kind", ["childsum", "nary"])
+def test_large_levels_on_two_threads(kind):
+    """Levels big enough to be split across threads (n * H >= 65536 in the native loops) give
+    the same values and gradients as the PyTorch kernels on one thread (float64)."""
+    from benchmarks.batching import synthetic_trees
+
+    trees = synthetic_trees(150, seed=5)  # ~3,400 leaves: level 0 alone is 3400 x 32 rows
+    sched = build_schedule(trees, n_ary=2 if kind == "nary" else None)
+    torch.manual_seed(1)
+    make = ChildSumCell if kind == "childsum" else NaryCell
+    cell = make(IN, 32, input_at="leaves")
+    x = torch.randn(sched.num_nodes, IN, generator=torch.Generator().manual_seed(8))
+    old_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        old = kernels.set_native(False)
+        want = grads(cell, trees, sched, x, "level")
+        kernels.set_native(old)
+        torch.set_num_threads(2)
+        got = grads(cell, trees, sched, x, "level")
+    finally:
+        torch.set_num_threads(old_threads)
+    assert_all_close(got, want, f"{kind} on two threads")

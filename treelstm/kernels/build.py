@@ -34,7 +34,8 @@ __all__ = ["library", "timing"]
 ABI = 3  # bumped with any change of an exported signature (checked after loading)
 SOURCES = ("levels.c", "levels_impl.h")
 FLAG_SETS = (
-    ["-O3", "-march=native", "-fno-math-errno"],
+    ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
+    ["-O3", "-march=native", "-fno-math-errno"],  # no OpenMP: rows on one thread
     ["-O3", "-fno-math-errno"],  # a compiler without -march=native
 )
 log = logging.getLogger("treelstm")

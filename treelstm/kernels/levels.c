@@ -3,7 +3,8 @@
  * Built on first use by treelstm/kernels/build.py with the system C compiler
  * (cc -O3 -march=native), cached per source, compiler flags and CPU, and called through
  * ctypes on raw pointers of contiguous CPU tensors the Python side allocated and checked.
- * No torch headers: it compiles in about a second. The matmuls go to the BLAS torch itself
+ * No torch headers: it compiles in about a second. Rows are split across OpenMP threads
+ * where a level is large (PAR_MIN). The matmuls go to the BLAS torch itself
  * uses: its Fortran-interface sgemm_ / dgemm_, handed over by `treelstm_set_blas`.
  *
  * float: sigmoid and tanh from one exp, written so that gcc vectorises the loops that call
@@ -73,6 +74,15 @@ void treelstm_set_blas(void *sgemm, void *dgemm)
 
 /* Levels with at most this many rows multiply in a direct loop instead of a BLAS call. */
 #define SMALL_M 8
+/* Row loops of at least this many elements run on the OpenMP threads (built with -fopenmp:
+ * torch's own libgomp, so torch.set_num_threads applies; the pushes into the parents stay
+ * serial: siblings add into one row). */
+#define PAR_MIN 65536
+#ifdef _OPENMP
+#define PARALLEL_ROWS _Pragma("omp parallel for schedule(static) if (n * H >= PAR_MIN)")
+#else
+#define PARALLEL_ROWS
+#endif
 
 /* With -DTREELSTM_TIMING (TREELSTM_NATIVE_TIMING=1 at build time; benchmarks.profile_levels)
  * the loops add up where their time goes: [0] BLAS matmuls, [1] direct small matmuls, [2] the

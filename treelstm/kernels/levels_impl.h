@@ -85,10 +85,12 @@ static inline void FN(row_bwd)(const T *restrict k, const T *restrict ku, const 
 
 /* Forward gates of n nodes. act [n, m*H]; fc [n, H] or NULL; c, h, ku, kc [n, H] (ku, kc
  * NULL: states only). */
-static void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc, int64_t n, int64_t H,
-                      int og)
+static void FN(cs_gates_fwd)(T *restrict act, const T *restrict fc, T *restrict c,
+                             T *restrict h, T *restrict ku, T *restrict kc, int64_t n,
+                             int64_t H, int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
+    PARALLEL_ROWS
     for (int64_t j = 0; j < n; j++)
         FN(row_fwd)(act + j * nm, fc ? fc + j * H : NULL, c + j * H, h + j * H,
                     ku ? ku + j * H : NULL, kc ? kc + j * H : NULL, H, og);
@@ -124,10 +126,13 @@ static void FN(cs_push)(T *restrict F, const T *restrict bf, const T *restrict c
 /* What n nodes get from their parents: G0 [., H] is the parents' total dc, G1 the parents'
  * d(sum of children's h). dc = dc_out + G0[p] f; DF = G0[p] KF (the edge's forget-gate
  * gradient); dh = dh_out + G1[p] (the caller adds DF U_f). */
-static void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1, const int64_t *restrict parent, const T *restrict F, const T *restrict KF,
-                     const T *restrict dc_out, const T *restrict dh_out, T *restrict dc, T *restrict DF, T *restrict dh, int64_t n,
-                     int64_t H)
+static void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1,
+                            const int64_t *restrict parent, const T *restrict F,
+                            const T *restrict KF, const T *restrict dc_out,
+                            const T *restrict dh_out, T *restrict dc, T *restrict DF,
+                            T *restrict dh, int64_t n, int64_t H)
 {
+    PARALLEL_ROWS
     for (int64_t j = 0; j < n; j++) {
         const T *restrict g0 = G0 + parent[j] * H;
         const T *restrict g1 = G1 + parent[j] * H;
@@ -141,10 +146,12 @@ static void FN(cs_bwd_pull)(const T *restrict G0, const T *restrict G1, const in
 }
 
 /* Gate backward of n nodes: DA [n, m*H] d pre-activations, dct [n, H] total dc. */
-static void FN(cs_gates_bwd)(const T *restrict k, const T *restrict ku, const T *restrict kc, const T *restrict dh, const T *restrict dc, T *restrict DA,
-                      T *restrict dct, int64_t n, int64_t H, int og)
+static void FN(cs_gates_bwd)(const T *restrict k, const T *restrict ku, const T *restrict kc,
+                             const T *restrict dh, const T *restrict dc, T *restrict DA,
+                             T *restrict dct, int64_t n, int64_t H, int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
+    PARALLEL_ROWS
     for (int64_t j = 0; j < n; j++)
         FN(row_bwd)(k + j * nm, ku + j * H, kc + j * H, dh + j * H, dc + j * H, DA + j * nm,
                     dct + j * H, H, og);
@@ -168,14 +175,18 @@ static inline void FN(forget_row)(T *restrict f, const T *restrict c, T *restric
 
 /* Forward of n nodes with K ordered child slots. act [n, m*H + K*H]; cc [n, K*H] the
  * children's c (gathered by the children themselves, see `pos`); writes KF [n, K*H] =
- * c_k f_k (1 - f_k), fc [n, H] scratch, c, h, ku, kc [n, H] (KF, ku, kc NULL: states only). With pos != NULL, each node
- * also copies its h and c into its parent's child slot: rows pos[j] of hcat / ccat
- * ([., H], one row per parent slot; roots point at a dummy row). K = 0: leaves. */
-static void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, T *restrict fc, T *restrict c, T *restrict h, T *restrict ku, T *restrict kc,
-                  const int64_t *restrict pos, T *restrict hcat, T *restrict ccat, int64_t n, int64_t K, int64_t H, int og)
+ * c_k f_k (1 - f_k), fc [n, H] scratch, c, h, ku, kc [n, H] (KF, ku, kc NULL: states
+ * only). With pos != NULL, each node also copies its h and c into its parent's child slot:
+ * rows pos[j] of hcat / ccat ([., H], one row per parent slot; roots point at a dummy row).
+ * K = 0: leaves. */
+static void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF,
+                         T *restrict fc, T *restrict c, T *restrict h, T *restrict ku,
+                         T *restrict kc, const int64_t *restrict pos, T *restrict hcat,
+                         T *restrict ccat, int64_t n, int64_t K, int64_t H, int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
     const int64_t lda = nm + K * H;
+    PARALLEL_ROWS
     for (int64_t j = 0; j < n; j++) {
         T *a = act + j * lda;
         T *restrict s = fc + j * H;
@@ -197,12 +208,16 @@ static void FN(nary_fwd)(T *restrict act, const T *restrict cc, T *restrict KF, 
  * DHC = d h and DCC = d c; dummy row for roots; pos NULL: none) and adds its own dh_out,
  * dc_out; writes DA [n, m*H + K*H] (the f blocks: dct KF) and, for its K children, their d c
  * into DCC_out [n, K*H] (dct f_k). The caller then runs DA U into DHC for the children. */
-static void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *restrict kc, const T *restrict KF, const T *restrict dh_out,
-                  const T *restrict dc_out, const T *restrict DHC, const T *restrict DCC, const int64_t *restrict pos, T *restrict DA,
-                  T *restrict DCC_out, T *restrict dh, T *restrict dc, T *restrict dct, int64_t n, int64_t K, int64_t H, int og)
+static void FN(nary_bwd)(const T *restrict act, const T *restrict ku, const T *restrict kc,
+                         const T *restrict KF, const T *restrict dh_out,
+                         const T *restrict dc_out, const T *restrict DHC,
+                         const T *restrict DCC, const int64_t *restrict pos, T *restrict DA,
+                         T *restrict DCC_out, T *restrict dh, T *restrict dc,
+                         T *restrict dct, int64_t n, int64_t K, int64_t H, int og)
 {
     const int64_t nm = og ? 3 * H : 2 * H;
     const int64_t lda = nm + K * H;
+    PARALLEL_ROWS
     for (int64_t j = 0; j < n; j++) {
         const int64_t o = j * H;
         if (pos) {
