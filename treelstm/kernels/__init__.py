@@ -26,8 +26,8 @@ The forward also turns each level's activations into the gates' local derivative
 
 Two implementations compute the same function (both tested against the per-node evaluator,
 values and every gradient, in float64): `torch_levels` (PyTorch ops; every device) and
-`native_levels` (CPU, float32/float64: each level's element-wise work as one call into C
-built on first use, see `build`; about ten times fewer calls per level). `run` picks the
+`native_levels` (CPU, float32/float64: the whole level loop, forward and backward, as one
+call each into C built on first use, see `build`; no per-level Python). `run` picks the
 native one when it is available and the tensors are on the CPU; `set_native` overrides.
 
 A kernel is a class with ``run(cell, schedule, x) -> (h, c)``; a cell declares the one it uses
