@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from treelstm import kernels
 from treelstm.cells import ChildSumCell, NaryCell
 from treelstm.executor import run
 from treelstm.models import TreeLSTM
@@ -65,22 +66,36 @@ TREES = [
 ]
 
 
+@pytest.fixture
+def torch_kernels():
+    """The PyTorch level kernels: the ones a GPU runs (the CPU may take the native ones)."""
+    old = kernels.set_native(False)
+    yield
+    kernels.set_native(old)
+
+
+@pytest.mark.usefixtures("torch_kernels")
 @pytest.mark.parametrize("kind", ["childsum", "nary"])
 @pytest.mark.parametrize("strategy", ["level", "level_autograd"])
-def test_level_strategies_never_sync_forward_or_backward(kind, strategy):
+@pytest.mark.parametrize("switches", [{}, {"input_at": "leaves", "output_gate": False}])
+def test_level_strategies_never_sync_forward_or_backward(kind, strategy, switches):
     """Forward and backward of a batch of trees call nothing that reads device values."""
     trees = [Tree.from_ptb(s) for s in TREES]
     sched = build_schedule(trees)
     torch.manual_seed(0)
-    cell = ChildSumCell(5, 6) if kind == "childsum" else NaryCell(5, 6, n_ary=2)
+    cell = ChildSumCell(5, 6, **switches) if kind == "childsum" else NaryCell(5, 6, **switches)
     x = torch.randn(sched.num_nodes, 5, requires_grad=True)
     with SyncSpy() as spy:
         h, c = run(cell, sched, x, strategy)
         (h.sum() + c.square().sum()).backward()
     assert spy.calls, "nothing recorded"
     assert spy.syncing == [], f"host synchronisation in the {strategy} path: {spy.syncing}"
+    with SyncSpy() as spy, torch.no_grad():  # the forward that skips the gate factors
+        run(cell, sched, x, strategy)
+    assert spy.calls and spy.syncing == [], spy.syncing
 
 
+@pytest.mark.usefixtures("torch_kernels")
 @pytest.mark.parametrize("kind", ["childsum", "nary"])
 def test_the_encoder_never_syncs(kind):
     """TreeLSTM (embedding lookup, leaf mask, level loop, roots) is free of syncs too."""

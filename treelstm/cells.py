@@ -20,15 +20,19 @@ Switches for the reference code's variants (and one known peer variant):
   double_bias=True   two bias vectors per gate, one with W and one with U (Torch nn.Linear
                      pairs in the reference code; same function, different parameters/decay).
 
-Internally each cell splits its step into `project(x)` (everything that depends on x alone, done
-for all nodes of a batch in one matmul) and a recurrence on U; the fast level executor uses the
-parameters directly (`w_gates`, `U`, ...), the generic paths call `forward`.
+Internally each cell splits its step into the x half (`project` for the generic step;
+`input_parts` for the fused level kernel, W x on the rows where input enters only) and a
+recurrence on U. A cell names the fused kernel that runs its whole level loop in
+`level_kernel` (`treelstm.kernels`); the generic paths call `forward`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .kernels import ChildSumKernel, InputParts, NaryKernel
 
 __all__ = ["ChildSumCell", "NaryCell", "TreeCell"]
 
@@ -113,6 +117,32 @@ class TreeCell(nn.Module):
     def _expand_forget(self, xw: Tensor) -> Tensor:
         return xw
 
+    #: forget gates per node that share W_f x and b_f (1 Child-Sum; N for N-ary, eq. 10)
+    forget_slots = 1
+
+    def input_parts(self, x: Tensor, num_leaves: int) -> InputParts:
+        """The x half of every node's pre-activations, W x on input rows only, for the kernel.
+
+        x [N, input_size] in schedule order (leaves are rows 0..num_leaves). The leaves get
+        W_iou x (a leaf has no children, so its forget-gate input is never used); the internal
+        nodes get W x only with ``input_at="all"``. Biases come separately (see `InputParts`),
+        so every gradient -- W, x, both biases -- is autograd's.
+        """
+        if x.dim() != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"x must have shape [M, {self.input_size}], got {tuple(x.shape)}")
+        nm = self.n_main * self.hidden_size
+        W, b = self.W.weight, self.W.bias
+        leaf = F.linear(x[:num_leaves], W[:nm])
+        inner = F.linear(x[num_leaves:], W) if self.input_at == "all" else None
+        b_f = b[nm:] if self.forget_input else self.b_f
+        if self.forget_slots > 1:
+            b_f = b_f.repeat(self.forget_slots)
+        b_main = b[:nm]
+        if self.U.bias is not None:
+            b_main = b_main + self.U.bias[:nm]
+            b_f = b_f + self.U.bias[nm:]
+        return InputParts(leaf, inner, b_main, b_f)
+
     # -- checks shared by the step ---------------------------------------------------------
     def _check_step(self, x: Tensor, child_h: Tensor, child_c: Tensor, child_mask: Tensor):
         M = x.shape[0]
@@ -156,6 +186,7 @@ class ChildSumCell(TreeCell):
     """
 
     kind = "childsum"
+    level_kernel = ChildSumKernel
 
     def __init__(self, input_size: int, hidden_size: int, **switches) -> None:
         n_main = 3 if switches.get("output_gate", True) else 2
@@ -191,11 +222,13 @@ class NaryCell(TreeCell):
     """
 
     kind = "nary"
+    level_kernel = NaryKernel
 
     def __init__(self, input_size: int, hidden_size: int, n_ary: int = 2, **switches) -> None:
         if n_ary < 1:
             raise ValueError(f"n_ary must be >= 1, got {n_ary}")
         self.n_ary = n_ary
+        self.forget_slots = n_ary
         n_main = 3 if switches.get("output_gate", True) else 2
         super().__init__(input_size, hidden_size, n_main + n_ary, n_ary * hidden_size, **switches)
 

@@ -24,23 +24,6 @@ import numpy as np
 
 __all__ = ["Tree", "FlatTree"]
 
-# Names that moved to treelstm.formats, still importable from here (treelstm.datasets and user
-# code import them from treelstm.tree). Resolved on first use, so that this module, which the
-# formats build on, does not import them at load time.
-_MOVED = {
-    "read_ptb": ".formats.ptb",
-    "write_ptb": ".formats.ptb",
-    "normalize_token": ".formats.ptb",
-    "read_parents": ".formats.parents",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __package__), name)
-
 
 @dataclass(frozen=True, eq=False)
 class FlatTree:
