@@ -178,8 +178,8 @@ def _ptb(model: TrainedModel, preds: list) -> str:
         )
     if not model.per_node:
         raise UsageError(
-            f"--format ptb: a {model.config.model} model predicts the sentence (the root) "
-            "only, not a label per node; use --format text or json"
+            f"--format ptb: this model ({model.config.model}, a sequence model) predicts the "
+            "sentence (the root) only, not a label per node; use --format text or json"
         )
     return "".join(to_ptb(p.to_tree()) + "\n" for p in preds)
 
@@ -209,8 +209,8 @@ def _check_draw(args, model: TrainedModel, n: int) -> None:
         )
     if not model.per_node:
         raise UsageError(
-            f"--draw: a {model.config.model} model predicts the sentence (the root) only; "
-            "there is no class per node to draw"
+            f"--draw: this model ({model.config.model}, a sequence model) predicts the "
+            "sentence (the root) only; there is no class per node to draw"
         )
     if not args.draw.lower().endswith((".svg", ".png")):
         raise UsageError(f"--draw {args.draw}: the file must end in .svg or .png")

@@ -146,8 +146,9 @@ class SentencePrediction:
 
     def _root_only(self, what: str) -> ValueError:
         return ValueError(
-            f"{what}: a {self.model} model predicts the sentence (the root) only, not every "
-            "node; use root_label / root_prob (per-node classes need a Tree-LSTM run)"
+            f"{what}: this model ({self.model}, a sequence model) predicts the sentence (the "
+            "root) only, not every node; use root_label / root_prob (per-node classes need a "
+            "Tree-LSTM run)"
         )
 
     def labels(self) -> list[str]:
