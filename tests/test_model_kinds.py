@@ -186,3 +186,41 @@ def test_generated_constituency_pairs_have_the_dependency_pairs_words_and_scores
         return [sorted(n.word for n in p.a.preorder() if n.word) for p in pairs]
 
     assert words(con) == words(dep)
+
+
+def _write_sick_constituency(folder: Path, n: int) -> None:
+    """SICK-layout split folders with toks and cparents (from generated constituency pairs)."""
+    from treelstm.data import SICK_SPLITS
+    from treelstm.formats import to_cparents
+
+    for k, split in enumerate(SICK_SPLITS):
+        d = folder / split
+        d.mkdir(parents=True)
+        pairs = synthetic_sick(n, seed=k, parses="constituency")
+        for side in "ab":
+            rows = [to_cparents(getattr(p, side)) for p in pairs]
+            (d / f"{side}.toks").write_text("".join(" ".join(w) + "\n" for _, w, _ in rows))
+            (d / f"{side}.cparents").write_text(
+                "".join(" ".join(map(str, par)) + "\n" for par, _, _ in rows)
+            )
+        (d / "sim.txt").write_text("".join(f"{p.score}\n" for p in pairs))
+        (d / "id.txt").write_text("".join(f"{p.id}\n" for p in pairs))
+
+
+def test_a_sick_constituency_run_reads_and_predicts_cparents_files(tmp_path, capsys):
+    """Training reads *.cparents (no *.parents in the folder), and predict --file on the test
+    folder reads them too and scores the run's own test numbers."""
+    _write_sick_constituency(tmp_path / "sick", n=20)
+    run = tmp_path / "run"
+    args = ["sick", "--cell", "nary", "--data-dir", str(tmp_path), "--out", str(run),
+            "--embeddings", "none", "--emb-dim", "8", "--hidden", "8", "--epochs", "1",
+            "--threads", "1", "--no-progress"]  # fmt: skip
+    assert tr.main(args) == 0
+    assert "(constituency parses)" in capsys.readouterr().out
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert cli.main([str(run), "--file", str(tmp_path / "sick" / "test"), "--format", "json"]) == 0
+    scores = json.loads(capsys.readouterr().out)["scores"]
+    assert scores == {k: test[k] for k in scores}
+    assert cli.main([str(run), "--file", str(tmp_path / "nowhere")]) == 1
+    assert "no a.toks, a.cparents, b.toks, b.cparents: this SICK model (constituency parses)" in (
+        capsys.readouterr().err)  # fmt: skip
