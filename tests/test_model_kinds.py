@@ -124,7 +124,6 @@ def test_the_trainer_keeps_the_epoch_its_rule_picks(select, tmp_path):
 # ----------------------------------------------------------------------- cell without W_f x
 
 
-@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("input_at", ["leaves", "all"])
 def test_no_forget_input_is_the_same_function_where_only_leaves_have_words(input_at):
     """W_f x reaches only nodes without children when words sit at the leaves: dropping it
@@ -133,10 +132,12 @@ def test_no_forget_input_is_the_same_function_where_only_leaves_have_words(input
     trees = synthetic_sst(6, seed=4)
     vocab = {w: i for i, w in enumerate(sorted({w for t in trees for w in t.words() if w}))}
     s = build_schedule(trees, vocab, n_ary=2)
-    x = torch.randn(len(vocab) + 1, 5)[torch.where(s.tokens >= 0, s.tokens, len(vocab))]
+    x = torch.randn(len(vocab) + 1, 5, dtype=torch.float64)
+    x = x[torch.where(s.tokens >= 0, s.tokens, len(vocab))]
     x[s.tokens < 0] = 0  # internal nodes have no word: a zero input row
-    a = NaryCell(5, 4, input_at=input_at)
-    b = NaryCell(5, 4, input_at=input_at, forget_input=False)
+    # float64 per tensor (the float64 fixture is module-scoped: it would reach later tests)
+    a = NaryCell(5, 4, input_at=input_at).double()
+    b = NaryCell(5, 4, input_at=input_at, forget_input=False).double()
     with torch.no_grad():
         b.W.weight.copy_(a.W.weight[:12])
         b.W.bias.copy_(a.W.bias[:12])
