@@ -25,8 +25,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.batching --json runs/bench/batching.json --plot runs/bench/batching.png
 
 reproduce: $(STAMP)
-	$(PY) -m treelstm.reproduce sst --seeds 5 --out runs/repro
-	$(PY) -m treelstm.reproduce sick --seeds 5 --out runs/repro
+	$(PY) -m treelstm.reproduce table sst --seeds 5 --out runs/tables
+	$(PY) -m treelstm.reproduce table sick --seeds 5 --out runs/tables
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

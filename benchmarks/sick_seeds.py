@@ -4,12 +4,13 @@
         --out runs/sick-seeds --threads 1          # one treelstm.train run per seed
     python -m benchmarks.sick_seeds table --out runs/sick-seeds [--json FILE]
 
-`run` trains each seed with `treelstm.train.train` unchanged, except that after every epoch's
-dev evaluation the same weights are also evaluated on the test split and written to
-``OUT/seed<k>/epochs.json`` (the trainer itself only tests the best-on-dev epoch). Test
-evaluation draws nothing from torch's global generator (the evaluation DataLoader has its own
-generator and SICK has no dropout), so the training trajectory, and the best-on-dev test
-metrics, are the trainer's own: a check compares them with its ``metrics.json``. Batches are a
+`run` trains each seed with `treelstm.train.train` and ``--test-every-epoch`` (the trainer
+then also tests every epoch's weights and records the result beside the dev metrics, never
+using it to pick an epoch) and ``--select pearson`` (the reference's rule, which the study
+compares the others with), then copies the per-epoch metrics to ``OUT/seed<k>/epochs.json``.
+Test evaluation draws nothing from torch's global generator (the evaluation DataLoader has its
+own generator and SICK has no dropout), so the training trajectory is the plain trainer's: a
+check compares the picked epoch's test metrics with its ``metrics.json``. Batches are a
 function of (seed, epoch) only, so the first 10 epochs of a 20-epoch run are the 10-epoch run.
 
 ``--init reference`` draws the cell's weights as the reference code does (Torch7's nn.Linear
@@ -57,25 +58,8 @@ def run_seed(args, seed: int) -> Path:
     out = Path(args.out) / f"seed{seed}"
     if (out / "epochs.json").exists():
         return out
-    captured: dict = {}
-    epochs: list[dict] = []
-    load, evaluate = trainer.load_data, trainer.evaluate
-
-    def load_data(cfg):
-        captured["data"] = load(cfg)
-        return captured["data"]
-
-    def evaluate_too(cfg, model, data, *rest):
-        result = evaluate(cfg, model, data, *rest)
-        if data is captured["data"].dev:  # an epoch's dev evaluation: test the same weights
-            epochs.append(
-                {"dev": result, "test": evaluate(cfg, model, captured["data"].test, *rest)}
-            )
-        return result
-
-    trainer.load_data, trainer.evaluate = load_data, evaluate_too
     reset = ChildSumCell.reset_parameters
-    if args.init == "reference":
+    if args.init == "reference":  # the one thing patched: how the cell draws its weights
         ChildSumCell.reset_parameters = _torch7_linear_init
     try:
         cfg = trainer.TrainConfig(
@@ -87,13 +71,16 @@ def run_seed(args, seed: int) -> Path:
             threads=args.threads,
             progress=False,
             dry_run=args.dry_run,
+            select="pearson",
+            test_every_epoch=True,
+            resume=True,  # an unfinished seed continues; a finished one is tested again
         )
         metrics = trainer.train(cfg, log=lambda *a, **k: None)
     finally:
-        trainer.load_data, trainer.evaluate = load, evaluate
         ChildSumCell.reset_parameters = reset
+    epochs = [{"dev": r["dev"], "test": r["test"]} for r in metrics["epochs"]]
     best = metrics["best_epoch"]
-    if epochs[best - 1]["test"] != metrics["test"]:  # the trajectory must be the trainer's
+    if epochs[best - 1]["test"] != metrics["test"]:  # the final test re-runs the same weights
         raise SystemExit(f"seed {seed}: per-epoch test of epoch {best} differs from metrics.json")
     doc = {"seed": seed, "best_epoch_by_trainer": best, "epochs": epochs}
     tmp = out / "epochs.json.tmp"

@@ -193,12 +193,14 @@ def test_a_best_pt_of_another_run_is_never_used(hidden, tmp_path, capsys):
 
 def test_a_deleted_best_pt_is_restored_and_the_best_epoch_tested(tmp_path, capsys):
     """best.pt deleted after a run whose best dev epoch (1) is not its last (2): --resume
-    rewrites it from last.pt's copy and tests those weights, not the last epoch's."""
-    assert cli(tr.main, sick(tmp_path, "--seed", "1"), capsys)[0] == 0
+    rewrites it from last.pt's copy and tests those weights, not the last epoch's. (Seed 1
+    picks epoch 1 by dev Pearson r; the default rule, the lowest dev MSE, picks epoch 2.)"""
+    assert cli(tr.main, sick(tmp_path, "--seed", "1", "--select", "pearson"), capsys)[0] == 0
     first = json.loads((tmp_path / "metrics.json").read_text())
     assert first["best_epoch"] == 1 and len(first["epochs"]) == 2  # what makes the case
     (tmp_path / "best.pt").unlink()
-    code, out, err = cli(tr.main, sick(tmp_path, "--seed", "1", "--resume"), capsys)
+    code, out, err = cli(tr.main, sick(tmp_path, "--seed", "1", "--select", "pearson", "--resume"),
+                         capsys)  # fmt: skip
     assert code == 0, err
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert again["best_epoch"] == 1 and again["test"] == first["test"]

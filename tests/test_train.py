@@ -271,8 +271,31 @@ def test_task_defaults_follow_the_reference():
         25,
         150,
     )
+    assert (sst.select, sick.select, sick.parses, sick.hidden) == (
+        "accuracy",
+        "mse",
+        "dependency",
+        150,
+    )
+    # the paper's memory per (task, model): Table 1
+    sick_c = TrainConfig(task="sick", cell="nary").resolved()  # binarised constituency parses
+    assert (sick_c.parses, sick_c.hidden, sick_c.input_at) == ("constituency", 142, "all")
+    for task, expect in [("sst", (168, 168, 108, 108)), ("sick", (150, 150, 108, 108))]:
+        got = [TrainConfig(task=task, model=m).resolved().hidden
+               for m in ("lstm", "bilstm", "lstm2", "bilstm2")]  # fmt: skip
+        assert tuple(got) == expect
+    assert TrainConfig(task="sick", model="lstm", hidden=7).resolved().hidden == 7  # overridable
+    lstm = TrainConfig(task="sst", model="lstm").resolved()
+    assert (lstm.cell, lstm.input_at, lstm.output_gate, lstm.freeze_embeddings) == (
+        None, None, True, False)  # fmt: skip
     with pytest.raises(UsageError, match="childsum"):
-        TrainConfig(task="sick", cell="nary").resolved()
+        TrainConfig(task="sick", cell="nary", parses="dependency").resolved()
+    with pytest.raises(UsageError, match="--cell, --double-bias: options of a Tree-LSTM cell"):
+        TrainConfig(task="sst", model="lstm", cell="nary", double_bias=True).resolved()
+    with pytest.raises(UsageError, match="--parses dependency: sst comes with constituency"):
+        TrainConfig(task="sst", parses="dependency").resolved()
+    with pytest.raises(UsageError, match="--select mse: sst picks the best epoch by one of"):
+        TrainConfig(task="sst", select="mse").resolved()
 
 
 def test_parser_is_built_from_the_config():

@@ -141,6 +141,12 @@ def scene(predictions: Sequence[TreePrediction], max_width: float = 900.0) -> Sc
     the leaves of constituency trees."""
     if not predictions:
         raise ValueError("draw: no predictions to draw")
+    for pred in predictions:
+        if not isinstance(pred, TreePrediction):  # a sequence model's: the sentence only
+            raise ValueError(
+                f"draw: a {type(pred).__name__} has no class per node to colour (a sequence "
+                "model predicts the sentence only; drawings need a Tree-LSTM run)"
+            )
     names = predictions[0].names
     colours = palette(len(names))
     out = Scene(0.0, 0.0)

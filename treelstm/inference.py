@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Pair, Vocab, read_lines
+from .data import SICK_PARSES, Pair, Vocab, read_lines
 from .formats.parents import read_parents
-from .runtime import CheckpointError, load_checkpoint
-from .tasks import Task, get_task
-from .train import BEST, LAST, TRAINER, TrainConfig, build_model
-from .tree import Tree
+from .runtime import CheckpointError, RunError, load_checkpoint
+from .tasks import Task
+from .train import BEST, LAST, TRAINER, TrainConfig, build_model, task_of
 
 __all__ = [
     "TrainedModel",
@@ -42,7 +41,8 @@ _LOOKUP_RULES = ("ptb",)  # the vocabulary lookup rules this version implements
 
 
 class TrainedModel(nn.Module):
-    """A trained Tree-LSTM with everything needed to use it, in eval mode.
+    """A trained model (a Tree-LSTM or a sequential baseline) with everything needed to use
+    it, in eval mode.
 
     model    the task's module (`SentimentModel` / `RelatednessModel`); ``forward`` is its own
     task     the `treelstm.tasks.Task` it was trained for (its prediction rule, its metrics)
@@ -71,6 +71,12 @@ class TrainedModel(nn.Module):
     def labels(self) -> tuple[str, ...]:
         """The class names (SST) or the scores "1".."5" (SICK)."""
         return tuple(self.task.labels)
+
+    @property
+    def per_node(self) -> bool:
+        """Whether it predicts every node (a Tree-LSTM) or the sentence only (a sequence
+        model: `predict` gives `prediction.SentencePrediction`s)."""
+        return self.task.model.per_node
 
     @property
     def n_ary(self) -> int | None:
@@ -111,8 +117,10 @@ class TrainedModel(nn.Module):
     @torch.no_grad()
     def predict(self, items: Iterable, batch_size: int | None = None) -> list:
         """One prediction per item, in order (`prediction.TreePrediction`: a class and the
-        probabilities at every node, in the tree's post-order; `PairPrediction`: the
-        relatedness score). Runs ``batch_size`` examples per batch (default: the run's
+        probabilities at every node, in the tree's post-order; `SentencePrediction` for a
+        sequence model on SST: the sentence's class only, as such a model has no state inside
+        the tree; `PairPrediction`: the relatedness score). Runs ``batch_size`` examples per
+        batch (default: the run's
         ``eval_batch_size``, so that a split batched as the trainer batched it gives its dev
         or test numbers to the last digit) in eval mode, without gradients."""
         examples = self.examples(items)
@@ -149,11 +157,11 @@ class TrainedModel(nn.Module):
         """One line: what model this is and where it came from."""
         s = self.source
         dev = s.get("dev") or {}
-        key = self.task.primary
+        key = self.config.select
         score = f", dev {key} {dev[key]:.4f}" if key in dev else ""
         return (
             f"{s['path']} ({s['role']}, epoch {s['epoch']}{score}): {self.task.protocol}, "
-            f"{self.config.cell} cell, {len(self.vocab)} words"
+            f"{self.task.model.summary(self.config)}, {len(self.vocab)} words"
         )
 
 
@@ -201,8 +209,8 @@ def load_model(path, device: str | torch.device = "cpu") -> TrainedModel:
     file = checkpoint_path(path)
     doc = load_checkpoint(file)
     _check_usable(file, doc)
-    task = _task(file, doc)
     cfg = _config(file, doc)
+    task = _task(file, doc, cfg)
     vocab = _vocab(file, doc)
     model = _model(file, doc, cfg, len(vocab)).to(device)
     source = {
@@ -219,7 +227,7 @@ def load_model(path, device: str | torch.device = "cpu") -> TrainedModel:
 def _check_usable(file: Path, doc: dict) -> None:
     if doc["trainer"] != TRAINER:
         raise CheckpointError(
-            f"{file} was written by {doc['trainer']}, not by {TRAINER}: only Tree-LSTM runs "
+            f"{file} was written by {doc['trainer']}, not by {TRAINER}: only runs of "
             "(python -m treelstm.train) can be loaded for prediction"
         )
     if doc["role"] not in ("best", "last"):
@@ -244,16 +252,20 @@ def _config(file: Path, doc: dict) -> TrainConfig:
             f"{file} was written by a newer treelstm (settings unknown here: "
             f"{', '.join(unknown)}): update treelstm to use it"
         )
-    return TrainConfig(**doc["config"]).resolved()
-
-
-def _task(file: Path, doc: dict) -> Task:
-    saved = doc["task"]
     try:
-        task = get_task(saved["name"], saved.get("mode", "fine"))
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{file}: unknown task {saved!r} ({e})") from None
+        return TrainConfig(**doc["config"]).resolved()
+    except (RunError, ValueError) as e:
+        raise CheckpointError(f"{file}: its settings are not usable here ({e})") from None
+
+
+def _task(file: Path, doc: dict, cfg: TrainConfig) -> Task:
+    """The config's task (model kind and parses included), checked against the one the
+    checkpoint recorded."""
+    saved = doc["task"]
+    task = task_of(cfg)
     mine = task.describe()
+    if saved.get("name") != task.name or saved.get("mode", "fine") != getattr(task, "mode", "fine"):
+        raise CheckpointError(f"{file}: its task {saved!r} is not its config's {mine!r}")
     for key in ("labels", "prediction"):
         if saved.get(key) != mine[key]:
             raise CheckpointError(
@@ -323,9 +335,12 @@ def _decode(raw_lines: list[bytes], name: str) -> list[str]:
     return out
 
 
-def read_pairs(a_toks, a_parents, b_toks, b_parents, sim=None) -> tuple[list[Pair], list[str]]:
+def read_pairs(
+    a_toks, a_parents, b_toks, b_parents, sim=None, parses: str = "dependency"
+) -> tuple[list[Pair], list[str]]:
     """Sentence pairs from the SICK layout's files (one sentence per line: its tokens, and its
-    1-based dependency heads, 0 = root) and, if given, ``sim`` (one gold score per line).
+    1-based dependency heads, 0 = root; or with ``parses="constituency"`` its constituency
+    parent pointers, ``*.cparents``) and, if given, ``sim`` (one gold score per line).
     Returns the pairs and where each is (``"a.parents:line"``); every error names a file and
     line (a line count that differs between the files included)."""
     paths = [Path(p) for p in (a_toks, a_parents, b_toks, b_parents)]
@@ -338,19 +353,17 @@ def read_pairs(a_toks, a_parents, b_toks, b_parents, sim=None) -> tuple[list[Pai
         if len(col) != n:
             line = min(len(col), n) + 1
             raise ValueError(f"{path}:{line}: {len(col)} lines but {paths[1]} has {n}")
+    reader = SICK_PARSES[parses][1]
     pairs, wheres = [], []
     for i in range(n):
         trees = [
-            _dependency_tree(columns[k][i], columns[k + 1][i], paths[k + 1], i + 1) for k in (0, 2)
+            reader(columns[k + 1][i], columns[k][i].split(" "), where=f"{paths[k + 1]}:{i + 1}")
+            for k in (0, 2)
         ]
         gold = _score(columns[4][i], f"{paths[4]}:{i + 1}") if sim is not None else float("nan")
         pairs.append(Pair(trees[0], trees[1], gold, str(i + 1)))
         wheres.append(f"{paths[1]}:{i + 1}")
     return pairs, wheres
-
-
-def _dependency_tree(tokens: str, heads: list[int], path: Path, line: int) -> Tree:
-    return Tree.from_parents(heads, tokens.split(" "), where=f"{path}:{line}")
 
 
 def _score(text: str, where: str) -> float:
@@ -360,16 +373,21 @@ def _score(text: str, where: str) -> float:
         raise ValueError(f"{where}: relatedness {text!r} is not a number") from None
 
 
-def read_pair_folder(folder) -> tuple[list[Pair], list[str]]:
-    """The pairs of a folder in the SICK layout (``a.toks a.parents b.toks b.parents``, and
-    ``sim.txt`` when present: then the gold scores come with them)."""
+def read_pair_folder(folder, parses: str = "dependency") -> tuple[list[Pair], list[str]]:
+    """The pairs of a folder in the SICK layout (``a.toks a.parents b.toks b.parents``, or
+    ``a.cparents b.cparents`` for ``parses="constituency"``, and ``sim.txt`` when present:
+    then the gold scores come with them)."""
     folder = Path(folder)
-    names = ("a.toks", "a.parents", "b.toks", "b.parents")
+    ext = SICK_PARSES[parses][0]
+    names = ("a.toks", f"a.{ext}", "b.toks", f"b.{ext}")
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise ValueError(
-            f"{folder}: no {', '.join(missing)}: a SICK model reads a folder holding a.toks, "
-            "a.parents, b.toks and b.parents (sim.txt optional), or --pairs with the four files"
+            f"{folder}: no {', '.join(missing)}: this SICK model ({parses} parses) reads a "
+            f"folder holding {', '.join(names)} (sim.txt optional), or --pairs with the four "
+            "files"
         )
     sim = folder / "sim.txt"
-    return read_pairs(*(folder / n for n in names), sim=sim if sim.is_file() else None)
+    return read_pairs(
+        *(folder / n for n in names), sim=sim if sim.is_file() else None, parses=parses
+    )

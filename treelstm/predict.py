@@ -104,7 +104,10 @@ def _inputs(args, model: TrainedModel) -> tuple[list, list[str]]:
             )
         if (args.file is None) == (args.pairs is None):
             raise UsageError("give the pairs with one of --file FOLDER or --pairs (four files)")
-        return read_pairs(*args.pairs) if args.pairs else read_pair_folder(args.file)
+        parses = model.config.parses
+        if args.pairs:
+            return read_pairs(*args.pairs, parses=parses)
+        return read_pair_folder(args.file, parses)
     if args.pairs:
         raise UsageError(f"--pairs: this model ({model.task.protocol}) takes trees, not pairs")
     if bool(args.trees) == (args.file is not None):
@@ -158,7 +161,9 @@ def _json(o: Outcome) -> str:
     doc = {
         "model": o.model.source["path"],
         "task": o.model.task.describe(),
-        "order": "post-order (children before parents, the root last)",
+        "order": "post-order (children before parents, the root last)"
+        if o.model.per_node
+        else "the sentence only (a sequence model predicts at the root)",
         "scores": o.gold,
         "predictions": items,
     }
@@ -170,6 +175,11 @@ def _ptb(model: TrainedModel, preds: list) -> str:
         raise UsageError(
             f"--format ptb: a {model.task.protocol} model predicts one score per "
             "pair, not a label per node; use --format text or json"
+        )
+    if not model.per_node:
+        raise UsageError(
+            f"--format ptb: this model ({model.config.model}, a sequence model) predicts the "
+            "sentence (the root) only, not a label per node; use --format text or json"
         )
     return "".join(to_ptb(p.to_tree()) + "\n" for p in preds)
 
@@ -196,6 +206,11 @@ def _check_draw(args, model: TrainedModel, n: int) -> None:
         raise UsageError(
             f"--draw: a {model.task.protocol} model predicts one score per pair; "
             "there is no class per node to draw"
+        )
+    if not model.per_node:
+        raise UsageError(
+            f"--draw: this model ({model.config.model}, a sequence model) predicts the "
+            "sentence (the root) only; there is no class per node to draw"
         )
     if not args.draw.lower().endswith((".svg", ".png")):
         raise UsageError(f"--draw {args.draw}: the file must end in .svg or .png")

@@ -1,5 +1,7 @@
 """What a trained model predicts, one object per example: `TreePrediction` (a class at every
-node of a tree, SST) and `PairPrediction` (a relatedness score for a sentence pair, SICK).
+node of a tree: a Tree-LSTM on SST), `SentencePrediction` (a class for the sentence only: a
+sequential baseline on SST, which has no states inside the tree) and `PairPrediction` (a
+relatedness score for a sentence pair, SICK).
 
 Made by a task's ``predict`` (`treelstm.tasks`), returned by `treelstm.load_model(...).predict`,
 written by ``python -m treelstm.predict`` and drawn by `treelstm.draw`. A tree's nodes are in its
@@ -19,7 +21,7 @@ from torch import Tensor
 from .formats.ptb import normalize_token
 from .tree import Tree
 
-__all__ = ["PairPrediction", "TreePrediction", "span_texts"]
+__all__ = ["PairPrediction", "SentencePrediction", "TreePrediction", "span_texts"]
 
 _DIGITS = 4  # decimals of the probabilities written to JSON
 
@@ -58,6 +60,11 @@ class TreePrediction:
     def root_prob(self) -> float:
         """The probability of the root's predicted class."""
         return float(self.probs[-1, self.root])
+
+    @property
+    def root_logits(self) -> Tensor:
+        """[C] the root's scores."""
+        return self.logits[-1]
 
     def labels(self) -> list[str]:
         """Every node's predicted class name, in post-order."""
@@ -98,6 +105,68 @@ class TreePrediction:
             "prob": round(self.root_prob, _DIGITS),
             "gold": _plain(self.tree.label),
             "nodes": nodes,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class SentencePrediction:
+    """The class a sequence model (LSTM, Bi-LSTM, ...) predicts for a whole sentence.
+
+    Such a model reads the words left to right and has one state per sentence: it predicts at
+    the root only, as in the paper. There are no per-node predictions to ask for: `labels` and
+    `to_tree` raise ValueError saying so, and `to_dict` has no ``nodes``.
+
+    tree     the tree as given (its words, in order, were read; its root label is the gold one)
+    names    the class names
+    model    the model kind ("lstm", "bilstm", ...)
+    root     the sentence's class (the argmax, or the binary protocol's rule)
+    probs    [C] float32: softmax of the scores
+    logits   [C] float32: the scores
+    """
+
+    tree: Tree
+    names: tuple[str, ...]
+    model: str
+    root: int
+    probs: Tensor
+    logits: Tensor
+
+    @property
+    def root_label(self) -> str:
+        return self.names[self.root]
+
+    @property
+    def root_prob(self) -> float:
+        return float(self.probs[self.root])
+
+    @property
+    def root_logits(self) -> Tensor:
+        """[C] the sentence's scores (the same as ``logits``)."""
+        return self.logits
+
+    def _root_only(self, what: str) -> ValueError:
+        return ValueError(
+            f"{what}: this model ({self.model}, a sequence model) predicts the sentence (the "
+            "root) only, not every node; use root_label / root_prob (per-node classes need a "
+            "Tree-LSTM run)"
+        )
+
+    def labels(self) -> list[str]:
+        raise self._root_only("labels()")
+
+    def to_tree(self) -> Tree:
+        raise self._root_only("to_tree()")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the sentence, its class, name, probability, gold label and the
+        probabilities of every class (no ``nodes``: see the class docstring)."""
+        return {
+            "sentence": " ".join(normalize_token(w) for w in self.tree.words()),
+            "class": self.root,
+            "label": self.root_label,
+            "prob": round(self.root_prob, _DIGITS),
+            "gold": _plain(self.tree.label),
+            "probs": torch.round(self.probs.double(), decimals=_DIGITS).tolist(),
         }
 
 

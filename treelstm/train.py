@@ -1,14 +1,19 @@
-"""Train and evaluate the Tree-LSTM models of Tai, Socher & Manning (2015) on SST and SICK.
+"""Train and evaluate the models of Tai, Socher & Manning (2015) on SST and SICK: Tree-LSTMs
+and the paper's sequential baselines.
 
     python -m treelstm.train sst --data-dir D --out runs/sst-fine [--mode fine|binary]
-    python -m treelstm.train sick --data-dir D --out runs/sick
+    python -m treelstm.train sick --data-dir D --out runs/sick          # Dependency Tree-LSTM
+    python -m treelstm.train sick --cell nary --out runs/sick-c         # Constituency (cparents)
+    python -m treelstm.train sst --model bilstm2 --out runs/sst-bi2     # a sequential baseline
     python -m treelstm.train sst --dry-run --out /tmp/x     # generated trees, seconds, offline
 
 Training follows the reference code: AdaGrad (lr 0.05) on every non-embedding weight with L2
 1e-4, 25 trees (or pairs) per step, dropout 0.5 before the SST classifier, embeddings tuned by
-plain SGD (lr 0.1) for SST and frozen for SICK, memory 150. Schedules are built in the
-DataLoader's collate_fn; the level scheduler runs the cell. What differs between SST and SICK
-lives in `treelstm.tasks`.
+plain SGD (lr 0.1) for SST and frozen for SICK, the paper's memory size for the task and model
+(`encoders`). Batches (schedules, or padded sentences for a sequence model) are built in the
+DataLoader's collate_fn; the level scheduler runs a Tree-LSTM cell. What differs between SST
+and SICK lives in `treelstm.tasks`, what differs between model kinds in `treelstm.encoders`.
+The best epoch is the best on dev by ``--select`` (SST: accuracy; SICK: the lowest MSE).
 
 The loop is written out here (`train_epoch`, `evaluate`, `main`); everything around it comes
 from `treelstm.runtime`, shared with `dynamic.train`: the run folder (lock, run.json, --resume,
@@ -31,8 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import data as ds
-from .cells import ChildSumCell, NaryCell
-from .models import TreeLSTM
+from .encoders import MODELS, TREE_OPTIONS, get_model_kind
 from .runtime import (
     CheckpointError,
     RunOptions,
@@ -50,6 +54,7 @@ from .runtime import (
     require_positive,
 )
 from .runtime.dist import SINGLE, Dist
+from .sequence import composition_parameters
 from .tasks import TASKS, Task, get_task
 
 __all__ = [
@@ -60,6 +65,7 @@ __all__ = [
     "evaluate",
     "load_data",
     "main",
+    "parameter_counts",
     "train",
     "train_epoch",
 ]
@@ -76,11 +82,13 @@ class TrainConfig(RunOptions):
     out: str = "runs/train"  # run folder: run.json, last.pt, best.pt, metrics.json, curves.png
     task: str = "sst"  # "sst" (sentiment, per-node classes) or "sick" (pair relatedness)
     mode: str = "fine"  # SST protocol: "fine" (5 classes) or "binary" (reference: 3 trained)
+    model: str = "treelstm"  # "treelstm" (--cell) or a baseline: lstm, bilstm, lstm2, bilstm2
+    parses: str | None = None  # SICK trees: "dependency" or "constituency" (default: by --cell)
     data_dir: str | None = None  # data folder; else $TREELSTM_DATA; else download (SST only)
     epochs: int = 10  # passes over the training set (the reference trains 10)
     batch_size: int = 25  # trees (SST) or pairs (SICK) per optimiser step, as in the paper
-    cell: str | None = None  # "nary" (binary N-ary; SST default) or "childsum" (SICK: only)
-    hidden: int = 150  # Tree-LSTM memory size (the paper's 150)
+    cell: str | None = None  # "nary" (binary N-ary; constituency trees) or "childsum" (any tree)
+    hidden: int | None = None  # memory size d; default: the paper's for the task and model
     embeddings: str | None = None  # GloVe-format text file, "none" = random; default: found
     emb_dim: int = 300  # embedding size when no vectors file is used
     lower: bool | None = None  # lowercase words for lookup; default: if the vectors are uncased
@@ -92,6 +100,9 @@ class TrainConfig(RunOptions):
     output_gate: bool | None = None  # default: on for SST, off for SICK (h = tanh c, reference)
     input_at: str | None = None  # "leaves" (reference N-ary; SST default) or "all" (SICK)
     double_bias: bool = False  # two bias vectors per gate like the reference (same function)
+    forget_input: bool = True  # forget gates see x; off: no W_f (dead where only leaves have words)
+    select: str | None = None  # dev metric picking the best epoch; default SST accuracy, SICK mse
+    test_every_epoch: bool = False  # also test every epoch (recorded; never used to pick one)
     sim_hidden: int = 50  # SICK: units of the sigmoid layer over (h_L * h_R, |h_L - h_R|)
     subset: int | None = None  # train on the first N training examples only (quick runs)
     seed: int = 0  # seeds the initialisation, the OOV vectors, dropout and the batch order
@@ -106,20 +117,39 @@ class TrainConfig(RunOptions):
         "data_dir", "epochs", "workers", "eval_batch_size", "diverge", "download", "step_delay",
     }  # fmt: skip
     CHOICES = {"mode": ("fine", "binary"), "cell": ("nary", "childsum"),
-               "input_at": ("leaves", "all")}  # fmt: skip
+               "input_at": ("leaves", "all"), "model": tuple(MODELS),
+               "parses": ("dependency", "constituency"),
+               "select": ("accuracy", "pearson", "spearman", "mse", "kl")}  # fmt: skip
 
     def resolved(self) -> TrainConfig:
-        """A copy with the task's defaults (the None fields) filled in, checked."""
-        task = get_task(self.task, self.mode)
+        """A copy with the task's and the model's defaults (the None fields) filled in,
+        checked (`UsageError` naming the option)."""
         c = dataclasses.replace(self)
-        for name, value in task.defaults.items():
-            if getattr(c, name) is None:
-                setattr(c, name, value)
-        if c.cell not in task.cells:
+        kind = get_model_kind(c.model)
+        tree = kind.per_node
+        plain = get_task(c.task, c.mode)
+        if c.parses is not None and c.parses not in plain.parse_kinds:
             raise UsageError(
-                f"--cell {c.cell}: {task.name} takes {' or '.join(task.cells)} (SICK uses "
-                "dependency trees of any fan-out: --cell childsum)"
+                f"--parses {c.parses}: {c.task} comes with {' or '.join(plain.parse_kinds)} "
+                "parses only"
             )
+        for name, value in plain.defaults.items():
+            if getattr(c, name) is None and (tree or name not in TREE_OPTIONS):
+                setattr(c, name, value)
+        if tree:
+            _check_cell(c)
+        else:
+            _refuse_tree_options(c)
+        task = task_of(c)
+        c.parses = task.parses
+        c.select = c.select or task.primary
+        if c.select not in task.GOALS:
+            raise UsageError(
+                f"--select {c.select}: {task.name} picks the best epoch by one of "
+                f"{', '.join(task.GOALS)}"
+            )
+        if c.hidden is None:
+            c.hidden = kind.paper_memory(c.task, c.cell)
         if c.dry_run:
             c.epochs, c.hidden, c.emb_dim = min(c.epochs, 2), min(c.hidden, 16), min(c.emb_dim, 16)
             c.sim_hidden, c.batch_size = min(c.sim_hidden, 8), min(c.batch_size, 10)
@@ -128,8 +158,34 @@ class TrainConfig(RunOptions):
         return c
 
 
+def _check_cell(c: TrainConfig) -> None:
+    """A Tree-LSTM's cell fits the task and its parses (SICK: the parses follow the cell)."""
+    task = get_task(c.task, c.mode)
+    if c.cell not in task.cells:
+        raise UsageError(f"--cell {c.cell}: {task.name} takes {' or '.join(task.cells)}")
+    if c.parses is None and "constituency" in task.parse_kinds and c.cell == "nary":
+        c.parses = "constituency"  # the binary N-ary cell needs binary trees
+    if c.cell == "nary" and c.parses == "dependency":
+        raise UsageError(
+            "--cell nary takes binary trees: --parses constituency (SICK's binarised "
+            "constituency parses), or --cell childsum for dependency trees"
+        )
+
+
+def _refuse_tree_options(c: TrainConfig) -> None:
+    """A sequence model has no cell: the options that shape one are refused, not ignored."""
+    given = [f"--{n.replace('_', '-')}" for n in ("cell", "input_at") if getattr(c, n) is not None]
+    given += ["--double-bias"] if c.double_bias else []
+    given += ["--no-forget-input"] if not c.forget_input else []
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: options of a Tree-LSTM cell; --model {c.model} is a "
+            "sequence model (nn.LSTM layout, two biases per gate)"
+        )
+
+
 def task_of(cfg: TrainConfig) -> Task:
-    return get_task(cfg.task, cfg.mode)
+    return get_task(cfg.task, cfg.mode, cfg.model, cfg.parses)
 
 
 def _n_ary(cfg: TrainConfig) -> int | None:
@@ -234,19 +290,22 @@ def _to(batch, device: torch.device):
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, vectors: torch.Tensor | None) -> nn.Module:
-    """The model of a resolved config (random init from torch's global generator)."""
-    E = vectors.shape[1] if vectors is not None else cfg.emb_dim
-    switches = dict(input_at=cfg.input_at, output_gate=cfg.output_gate, double_bias=cfg.double_bias)
-    if cfg.cell == "nary":
-        cell = NaryCell(E, cfg.hidden, n_ary=2, **switches)
-    else:
-        cell = ChildSumCell(E, cfg.hidden, **switches)
-    if vectors is None:
-        vectors = torch.empty(vocab_size, E).uniform_(-0.05, 0.05)
-    encoder = TreeLSTM(
-        vocab_size, cell, embeddings=vectors, freeze_embeddings=cfg.freeze_embeddings
-    )
-    return task_of(cfg).head(encoder, cfg)
+    """The model of a resolved config: ``--model``'s encoder (`encoders.MODELS`) under the
+    task's head (random init from torch's global generator; ``vectors=None``: random word
+    vectors of ``--emb-dim``, uniform(-0.05, 0.05) like the reference's unknown words)."""
+    task = task_of(cfg)
+    encoder = task.model.encoder(cfg, vocab_size, vectors, cfg.emb_dim)
+    return task.head(encoder, cfg)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """The model's parameters: all, the trainable ones, and the composition function's alone
+    (the cell or the LSTM: the paper's |θ| in its Table 1)."""
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "composition": composition_parameters(model),
+    }
 
 
 @torch.no_grad()
@@ -283,7 +342,7 @@ class Progress:
     step: int = 0  # steps done in the epoch under way
     loss_sum: float = 0.0  # of those steps (this rank's share)
     history: list[dict] = field(default_factory=list)  # one record per epoch done
-    best: dict = field(default_factory=lambda: {"epoch": 0, "value": -math.inf})
+    best: dict = field(default_factory=lambda: {"epoch": 0, "value": -math.inf})  # see _prepare
     best_model: dict | None = None  # the best-on-dev weights (state_dict)
     wall_before: float = 0.0  # seconds spent by earlier processes of this run
 
@@ -327,8 +386,12 @@ def _prepare(s: Session, cfg: TrainConfig, task: Task) -> Run:
     # for a share without internal nodes), so DDP needs no search for unused ones.
     trained = dist.wrap(model, s.d, s.device)
     guard = TrainingGuard(model.parameters(), s.saved_note, cfg.diverge, s.d)
-    run = Run(s, cfg, task, data, model, trained, _optimizers(cfg, model), guard, Progress(),
+    start = Progress(best={"epoch": 0, "value": task.worst(cfg.select)})
+    run = Run(s, cfg, task, data, model, trained, _optimizers(cfg, model), guard, start,
               time.perf_counter())  # fmt: skip
+    counts = parameter_counts(model)
+    s.log(f"model: {task.model.summary(cfg)}; {counts['composition']:,} composition parameters, "
+          f"{counts['trainable']:,} trained")  # fmt: skip
     doc = s.resume_from(required=_LAST_KEYS)
     if doc is not None:
         _restore(run, doc)
@@ -480,12 +543,15 @@ def _end_epoch(run: Run, n_batches: int, t_epoch: float) -> None:
     run.guard.check_weights(f"epoch {p.epoch + 1}")
     run.guard.check_epoch(record["train_loss"], f"epoch {p.epoch + 1}")
     record["dev"] = dev = evaluate(run.cfg, run.model, run.data.dev, run.data.vocab, s.device, s.d)
+    if run.cfg.test_every_epoch:  # for studies of epoch rules: recorded, never used to pick
+        record["test"] = evaluate(run.cfg, run.model, run.data.test, run.data.vocab, s.device, s.d)
     record["train_time_s"] = train_s  # this process's steps (a resumed epoch: the rest of it)
     record["epoch_time_s"] = time.perf_counter() - t_epoch  # with the dev evaluation
     p.history.append(record)
-    improved = dev[run.task.primary] > p.best["value"]
+    metric = run.cfg.select
+    improved = run.task.better(metric, dev[metric], p.best["value"])
     if improved:
-        p.best = {"epoch": p.epoch + 1, "value": dev[run.task.primary]}
+        p.best = {"epoch": p.epoch + 1, "value": dev[metric]}
         p.best_model = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     p.epoch, p.step, p.loss_sum = p.epoch + 1, 0, 0.0
     _save_last(run)  # the commit point: it holds the best weights too
@@ -503,13 +569,15 @@ def _finish(run: Run) -> dict:
     s, cfg, p = run.s, run.cfg, run.prog
     dist.barrier(s.d)
     if p.best_model is None:
-        raise TrainingError(f"no epoch had a dev {run.task.primary} to pick the best weights by")
+        raise TrainingError(f"no epoch had a dev {cfg.select} to pick the best weights by")
     run.model.load_state_dict(p.best_model)
     test = evaluate(cfg, run.model, run.data.test, run.data.vocab, s.device, s.d)
     metrics = {
         "config": asdict(cfg), "complete": True, "epochs": p.history,
         "best_epoch": p.best["epoch"], "best_dev": p.history[p.best["epoch"] - 1]["dev"],
+        "select": {"metric": cfg.select, "goal": run.task.GOALS[cfg.select]},
         "test": test, "wall_time_s": run.wall(), "device": str(s.device),
+        "parameters": parameter_counts(run.model), "model": run.task.model.summary(cfg),
         "vocab_size": len(run.data.vocab), "data": run.data.note,
     }  # fmt: skip
     s.plot(CURVES, _figure(run))
@@ -557,12 +625,12 @@ def _progress(run: Run, loader, total: int, initial: int, desc: str):
 
 
 def _figure(run: Run):
-    h, metric = run.prog.history, run.task.primary
+    h, metric = run.prog.history, run.cfg.select
     ep = [r["epoch"] for r in h]
     return curves_figure(
         [("training loss", "train loss", {"train": (ep, [r["train_loss"] for r in h])}),
          (f"dev {metric}", f"dev {metric}", {"dev": (ep, [r["dev"][metric] for r in h])})],
-        f"Tree-LSTM {run.task.protocol} (seed {run.cfg.seed})",
+        f"{run.task.model.label} {run.task.protocol} (seed {run.cfg.seed})",
     )  # fmt: skip
 
 
@@ -575,7 +643,8 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="python -m treelstm.train",
-        description="Train a Tree-LSTM on SST (sentiment) or SICK (relatedness), Tai et al. 2015.",
+        description="Train a Tree-LSTM or a sequential baseline on SST (sentiment) or SICK "
+        "(relatedness), Tai et al. 2015.",
     )
     p.add_argument("task", choices=list(TASKS))
     add_config_arguments(p, TrainConfig, skip=("task",))

@@ -65,10 +65,26 @@ def _random_parents(rng: random.Random, n: int) -> list[int]:
     return heads
 
 
-def synthetic_sick(n: int, seed: int = 0, max_words: int = 8) -> list[Pair]:
-    """``n`` random sentence pairs as dependency trees; relatedness = 1 + 4 * word overlap
-    (Jaccard of the two word sets), rounded to 0.1 as in SICK."""
+def _random_bracketing(rng: random.Random, words: list[str]) -> Tree:
+    """A random binary constituency tree over ``words`` (left to right), like a binarised
+    parse: words at the leaves, unlabelled internal nodes with two children each."""
+    nodes = [Tree(None, w) for w in words]
+    while len(nodes) > 1:
+        k = rng.randrange(len(nodes) - 1)
+        nodes[k : k + 2] = [Tree(None, None, (nodes[k], nodes[k + 1]))]
+    return nodes[0]
+
+
+def synthetic_sick(
+    n: int, seed: int = 0, max_words: int = 8, parses: str = "dependency"
+) -> list[Pair]:
+    """``n`` random sentence pairs; relatedness = 1 + 4 * word overlap (Jaccard of the two
+    word sets), rounded to 0.1 as in SICK. ``parses``: "dependency" (random dependency trees)
+    or "constituency" (random binary bracketings of the same sentences)."""
+    if parses not in ("dependency", "constituency"):
+        raise ValueError(f"parses must be 'dependency' or 'constituency', got {parses!r}")
     rng = random.Random(seed)
+    brackets = random.Random(seed + 7919)  # its own stream: the dependency pairs stay as they were
     words = [w for w in SYNTHETIC_WORDS if not w.startswith("-")]
     pairs = []
     for i in range(n):
@@ -80,5 +96,7 @@ def synthetic_sick(n: int, seed: int = 0, max_words: int = 8) -> list[Pair]:
         score = round(1 + 4 * jac, 1)
         ta = Tree.from_parents(_random_parents(rng, len(a)), a)
         tb = Tree.from_parents(_random_parents(rng, len(b)), b)
+        if parses == "constituency":
+            ta, tb = _random_bracketing(brackets, a), _random_bracketing(brackets, b)
         pairs.append(Pair(ta, tb, score, str(i + 1)))
     return pairs

@@ -8,6 +8,7 @@ __all__ = [
     "FileWriteError",
     "Interrupted",
     "RunDirError",
+    "RunDirLocked",
     "RunError",
     "TrainingError",
     "UsageError",
@@ -26,6 +27,10 @@ class UsageError(RunError):
 class RunDirError(RunError):
     """--out cannot be used: a file, not writable, in use by another run, or holding a run
     that this one must not replace."""
+
+
+class RunDirLocked(RunDirError):
+    """--out is in use by another process right now (its lock is held)."""
 
 
 class CheckpointError(RunError):

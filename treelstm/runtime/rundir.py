@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import config_diff
-from .errors import FileWriteError, RunDirError
+from .errors import FileWriteError, RunDirError, RunDirLocked
 from .files import read_json, remove_stale_temps, write_json
 
 try:
@@ -67,7 +67,7 @@ def _lock(path: Path) -> int:
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise RunDirError(
+        raise RunDirLocked(
             f"--out {path} is in use by another run (pid {holder}): wait for it to finish or "
             "choose another --out"
         ) from None
