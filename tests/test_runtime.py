@@ -258,3 +258,17 @@ def test_bad_devices_are_usage_errors():
     if not torch.cuda.is_available():
         with pytest.raises(rt.UsageError, match="torch sees no CUDA device"):
             rt.pick_device("cuda:1", SINGLE)
+
+
+def test_a_field_added_later_keeps_old_runs_when_left_at_its_default():
+    """A run saved before an option existed resumes when the option keeps its default (which,
+    by the house rule, is the old behaviour), and is refused when it is set to something else."""
+    saved = dataclasses.asdict(_Cfg())
+    del saved["size"]
+    defaults = rt.config_defaults(_Cfg)
+    current = dataclasses.asdict(_Cfg())
+    assert rt.config_diff(saved, current, _Cfg.RESUMABLE, defaults) == []
+    current["size"] = 5
+    assert rt.config_diff(saved, current, _Cfg.RESUMABLE, defaults) == ["size: '(absent)' -> 5"]
+    current["size"] = 3
+    assert rt.config_diff(saved, current, _Cfg.RESUMABLE) == ["size: '(absent)' -> 3"]

@@ -36,6 +36,7 @@ from .runtime import (
     TrainingError,
     add_config_arguments,
     cli_main,
+    config_defaults,
     config_diff,
     read_json,
     read_run_file,
@@ -160,7 +161,9 @@ def _finished(run_dir: Path, expected: TrainConfig | None = None) -> dict | None
         return None
     if expected is not None:
         same = TrainConfig.RESUMABLE - {"epochs"}
-        if config_diff(m.get("config", {}), dataclasses.asdict(expected), same):
+        if config_diff(
+            m.get("config", {}), dataclasses.asdict(expected), same, config_defaults(TrainConfig)
+        ):
             return None
     return m
 

@@ -24,6 +24,7 @@ from .checkpoint import (
 from .config import (
     RunOptions,
     add_config_arguments,
+    config_defaults,
     config_diff,
     parse_config,
     pick_device,
@@ -69,6 +70,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "cli_main",
+    "config_defaults",
     "config_diff",
     "content_digest",
     "curves_figure",

@@ -28,6 +28,7 @@ from .errors import UsageError
 __all__ = [
     "RunOptions",
     "add_config_arguments",
+    "config_defaults",
     "config_diff",
     "parse_config",
     "pick_device",
@@ -100,14 +101,35 @@ def parse_config(cls: type, parser: argparse.ArgumentParser, argv=None):
     return cls(**vars(parser.parse_args(argv)))
 
 
-def config_diff(saved: dict, current: dict, resumable: frozenset[str]) -> list[str]:
-    """ "name: saved -> current" for each field outside ``resumable`` that differs."""
+def config_diff(
+    saved: dict, current: dict, resumable: frozenset[str], defaults: dict | None = None
+) -> list[str]:
+    """ "name: saved -> current" for each field outside ``resumable`` that differs.
+
+    A field the saved run does not have (it came with a later version) is the same when its
+    current value is its default in ``defaults``: a new option's default keeps the old
+    behaviour, so runs made before it existed still resume and still count as finished.
+    """
     missing = object()
+    defaults = defaults or {}
     return [
         f"{k}: {saved.get(k, '(absent)')!r} -> {v!r}"
         for k, v in current.items()
-        if k not in resumable and saved.get(k, missing) != v
+        if k not in resumable
+        and saved.get(k, missing) != v
+        and not (k not in saved and k in defaults and defaults[k] == v)
     ]
+
+
+def config_defaults(cls: type) -> dict:
+    """The defaults of a config dataclass, for `config_diff` (fields with a default only)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def require_positive(cfg: Any, names: tuple[str, ...]) -> None:

@@ -116,6 +116,7 @@ class RunDir:
     @classmethod
     def open(
         cls, path, *, trainer: str, config: dict, resumable: frozenset[str], mode: str,
+        defaults: dict | None = None,
         artifacts: tuple[str, ...], log=print,
     ) -> RunDir:  # fmt: skip
         """Take ``path`` for a run of ``trainer``; ``mode`` is "new", "resume" or
@@ -128,7 +129,8 @@ class RunDir:
             stale = remove_stale_temps(path)
             if stale:
                 log(f"removed temporary files a killed run left in {path}: {', '.join(stale)}")
-            run_id, resumed = _claim(path, trainer, config, resumable, mode, artifacts, log)
+            rules = (resumable, defaults)
+            run_id, resumed = _claim(path, trainer, config, rules, mode, artifacts, log)
             manifest = {"format": RUN_FORMAT, "version": 1, "run_id": run_id, "trainer": trainer,
                         "config": config, "written": _now()}  # fmt: skip
             try:
@@ -145,8 +147,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _claim(path, trainer, config, resumable, mode, artifacts, log) -> tuple[str, bool]:
-    """(run id, whether it continues the folder's run) after the mode's checks."""
+def _claim(path, trainer, config, rules, mode, artifacts, log) -> tuple[str, bool]:
+    """(run id, whether it continues the folder's run) after the mode's checks. ``rules``:
+    (resumable fields, defaults), as `config_diff` takes them."""
     if mode not in ("new", "resume", "overwrite"):
         raise ValueError(f"mode must be new, resume or overwrite, got {mode!r}")
     contents = _contents(path)
@@ -167,7 +170,7 @@ def _claim(path, trainer, config, resumable, mode, artifacts, log) -> tuple[str,
             f"--resume: {path} holds a {run.get('trainer')} run, not a {trainer} one: "
             "choose another --out"
         )
-    diff = config_diff(run.get("config", {}), config, resumable)
+    diff = config_diff(run.get("config", {}), config, *rules)
     if diff:
         raise RunDirError(
             f"--resume: {path} holds a run with other settings ({'; '.join(diff)}): pass the "

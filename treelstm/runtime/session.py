@@ -27,7 +27,7 @@ import torch
 
 from . import dist, faults
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunOptions, config_diff, pick_device
+from .config import RunOptions, config_defaults, config_diff, pick_device
 from .errors import CheckpointError, Interrupted, RunError, UsageError, one_line
 from .files import atomic_write, write_json
 from .rundir import RunDir
@@ -86,7 +86,8 @@ class Session:
                 mode = "resume" if cfg.resume else "overwrite" if cfg.overwrite else "new"
                 self.run_dir = RunDir.open(
                     self.out, trainer=self.trainer, config=dataclasses.asdict(cfg),
-                    resumable=type(cfg).RESUMABLE, mode=mode, artifacts=artifacts, log=self.log,
+                    resumable=type(cfg).RESUMABLE, defaults=config_defaults(type(cfg)),
+                    mode=mode, artifacts=artifacts, log=self.log,
                 )  # fmt: skip
                 outcome = (self.run_dir.run_id, None)
             except RunError as e:
@@ -117,7 +118,8 @@ class Session:
             required=("config", "epoch", *required),
         )  # fmt: skip
         current = dataclasses.asdict(self.cfg)
-        diff = config_diff(doc["config"], current, type(self.cfg).RESUMABLE)
+        cls = type(self.cfg)
+        diff = config_diff(doc["config"], current, cls.RESUMABLE, config_defaults(cls))
         if diff:
             raise CheckpointError(
                 f"--resume: {path} was written with other settings ({'; '.join(diff)}): pass "
