@@ -161,7 +161,8 @@ def evaluate_tree(cell, tree: Tree, x: Tensor, direction: str = "up", slots: int
     order = range(n) if direction == "up" else range(n - 1, -1, -1)
     for j in order:
         pre = kids[j] if direction == "up" else ([] if j == n - 1 else [int(flat.parent[j])])
-        hs[j], cs[j] = _node_step(step, x[j : j + 1], [hs[k] for k in pre], [cs[k] for k in pre], K)
+        kid_h, kid_c = [hs[k] for k in pre], [cs[k] for k in pre]
+        hs[j], cs[j] = _node_step(step, x[j : j + 1], kid_h, kid_c, K)
     return torch.cat(hs), None if step.h_only else torch.cat(cs)
 
 
@@ -348,7 +349,8 @@ def _run_per_node(cell, schedule: Schedule, x: Tensor, K: int, direction: str):
     cs: list[Tensor | None] = [None] * N
     for j in order:
         kids = pre[j]
-        hs[j], cs[j] = _node_step(step, x[j : j + 1], [hs[k] for k in kids], [cs[k] for k in kids], K)
+        kid_h, kid_c = [hs[k] for k in kids], [cs[k] for k in kids]
+        hs[j], cs[j] = _node_step(step, x[j : j + 1], kid_h, kid_c, K)
     return torch.cat(hs), None if step.h_only else torch.cat(cs)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .data import Pair, Vocab, read_lines
 from .formats.parents import read_parents
-from .runtime import CheckpointError, load_checkpoint
+from .runtime import CheckpointError, UsageError, load_checkpoint
 from .tasks import Task, get_task
 from .train import BEST, LAST, TRAINER, TrainConfig, build_model
 from .tree import Tree
@@ -74,7 +74,10 @@ class TrainedModel(nn.Module):
 
     @property
     def n_ary(self) -> int | None:
-        """The most children a node may have (2 for the binary N-ary cell; None: any)."""
+        """The most children a node may have (2 for the binary N-ary cell, a user's cell's own
+        ``n_ary``; None: any)."""
+        if ":" in (self.config.cell or ""):  # a user's cell (--cell module:factory)
+            return getattr(self.model.encoder.cell, "n_ary", None)
         return 2 if self.config.cell == "nary" else None
 
     @property
@@ -102,10 +105,12 @@ class TrainedModel(nn.Module):
         if self.n_ary is None:
             return
         widest = max_fan_out(tree)
+        what = "binary N-ary cell" if self.config.cell == "nary" else "cell"
         if widest > self.n_ary:
             raise ValueError(
-                f"{where}: a node with {widest} children; this model's binary N-ary cell takes at "
-                "most 2: binarize the tree (treelstm.binarize; --binarize on the command line)"
+                f"{where}: a node with {widest} children; this model's {what} takes at most "
+                f"{self.n_ary}: binarize the tree (treelstm.binarize; --binarize on the command "
+                "line)"
             )
 
     @torch.no_grad()
@@ -244,7 +249,10 @@ def _config(file: Path, doc: dict) -> TrainConfig:
             f"{file} was written by a newer treelstm (settings unknown here: "
             f"{', '.join(unknown)}): update treelstm to use it"
         )
-    return TrainConfig(**doc["config"]).resolved()
+    try:
+        return TrainConfig(**doc["config"]).resolved()
+    except UsageError as e:  # e.g. a user's --cell module:factory that does not import here
+        raise CheckpointError(f"{file}: the run's settings cannot be used here: {e}") from None
 
 
 def _task(file: Path, doc: dict) -> Task:

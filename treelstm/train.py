@@ -31,8 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import data as ds
-from .cells import ChildSumCell, NaryCell
-from .models import TreeLSTM
+from .models import TreeLSTM, build_cell, cell_n_ary
 from .runtime import (
     CheckpointError,
     RunOptions,
@@ -79,7 +78,7 @@ class TrainConfig(RunOptions):
     data_dir: str | None = None  # data folder; else $TREELSTM_DATA; else download (SST only)
     epochs: int = 10  # passes over the training set (the reference trains 10)
     batch_size: int = 25  # trees (SST) or pairs (SICK) per optimiser step, as in the paper
-    cell: str | None = None  # "nary" (binary N-ary; SST default) or "childsum" (SICK: only)
+    cell: str | None = None  # "nary" (binary N-ary; SST default), "childsum", or module:factory
     hidden: int = 150  # Tree-LSTM memory size (the paper's 150)
     embeddings: str | None = None  # GloVe-format text file, "none" = random; default: found
     emb_dim: int = 300  # embedding size when no vectors file is used
@@ -105,8 +104,7 @@ class TrainConfig(RunOptions):
     RESUMABLE = RunOptions.RESUMABLE | {
         "data_dir", "epochs", "workers", "eval_batch_size", "diverge", "download", "step_delay",
     }  # fmt: skip
-    CHOICES = {"mode": ("fine", "binary"), "cell": ("nary", "childsum"),
-               "input_at": ("leaves", "all")}  # fmt: skip
+    CHOICES = {"mode": ("fine", "binary"), "input_at": ("leaves", "all")}  # fmt: skip
 
     def resolved(self) -> TrainConfig:
         """A copy with the task's defaults (the None fields) filled in, checked."""
@@ -115,16 +113,21 @@ class TrainConfig(RunOptions):
         for name, value in task.defaults.items():
             if getattr(c, name) is None:
                 setattr(c, name, value)
-        if c.cell not in task.cells:
+        if ":" not in c.cell and c.cell not in task.cells:
             raise UsageError(
                 f"--cell {c.cell}: {task.name} takes {' or '.join(task.cells)} (SICK uses "
-                "dependency trees of any fan-out: --cell childsum)"
+                "dependency trees of any fan-out: --cell childsum), or your own as module:factory"
             )
         if c.dry_run:
             c.epochs, c.hidden, c.emb_dim = min(c.epochs, 2), min(c.hidden, 16), min(c.emb_dim, 16)
             c.sim_hidden, c.batch_size = min(c.sim_hidden, 8), min(c.batch_size, 10)
         require_positive(c, ("epochs", "batch_size", "hidden", "emb_dim", "sim_hidden",
                              "eval_batch_size", "subset"))  # fmt: skip
+        if ":" in c.cell:  # a user's module:factory (treelstm.build_cell): it must build now
+            try:
+                cell_n_ary(c.cell, c.emb_dim, c.hidden)
+            except ValueError as e:
+                raise UsageError(f"--{e}") from None
         return c
 
 
@@ -133,8 +136,9 @@ def task_of(cfg: TrainConfig) -> Task:
 
 
 def _n_ary(cfg: TrainConfig) -> int | None:
-    """The most children a node may have: 2 for the binary N-ary cell, any for Child-Sum."""
-    return 2 if cfg.cell == "nary" else None
+    """The most children a node may have: 2 for the binary N-ary cell, any for Child-Sum, a
+    user's cell's own ``n_ary``."""
+    return cell_n_ary(cfg.cell, cfg.emb_dim, cfg.hidden)
 
 
 # ------------------------------------------------------------------------------- data
@@ -237,10 +241,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, vectors: torch.Tensor | None)
     """The model of a resolved config (random init from torch's global generator)."""
     E = vectors.shape[1] if vectors is not None else cfg.emb_dim
     switches = dict(input_at=cfg.input_at, output_gate=cfg.output_gate, double_bias=cfg.double_bias)
-    if cfg.cell == "nary":
-        cell = NaryCell(E, cfg.hidden, n_ary=2, **switches)
-    else:
-        cell = ChildSumCell(E, cfg.hidden, **switches)
+    cell = build_cell(cfg.cell, E, cfg.hidden, **switches)
     if vectors is None:
         vectors = torch.empty(vocab_size, E).uniform_(-0.05, 0.05)
     encoder = TreeLSTM(

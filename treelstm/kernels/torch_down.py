@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .torch_levels import _activate, _cell_forward, _Factors, _gates_backward, _grad_or_zeros
+from .torch_levels import (
+    _activate,
+    _cell_forward,
+    _Factors,
+    _gates_backward,
+    _grad_or_zeros,
+    _widest,
+)
 
 __all__ = ["DownLevels"]
 
@@ -59,7 +66,7 @@ class DownLevels(torch.autograd.Function):
         k = _Factors(A[:, :nm], leaf.new_empty(N, H), leaf.new_empty(N, H)) if train else None
         KF = leaf.new_empty(N, H)  # c_p f (1 - f): d(f c_p) / d(f pre-activation)
         fc = leaf.new_empty(N, H)
-        tc = leaf.new_empty(max(b - a for a, b in zip(bounds[:-1], bounds[1:])), H)
+        tc = leaf.new_empty(_widest(bounds), H)
         Ut = U.t()
         for d in range(L):
             s, e = bounds[d], bounds[d + 1]
