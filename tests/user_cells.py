@@ -68,3 +68,8 @@ class Nary42(NaryCell):
 def make_gru(input_size: int, hidden_size: int) -> TreeGRU:
     """A factory function, as ``--cell module:factory`` may name one."""
     return TreeGRU(input_size, hidden_size)
+
+
+def no_sizes(input_size: int, hidden_size: int) -> nn.Module:
+    """A factory whose cell lacks the protocol's attributes (a mistake the tests expect)."""
+    return nn.Linear(input_size, hidden_size)
