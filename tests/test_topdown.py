@@ -184,3 +184,25 @@ def test_the_bidirectional_encoder_under_a_head_and_its_errors():
     assert model(s).shape == (s.num_nodes, 5)
     with pytest.raises(ValueError, match="down_cell.input_size must be up_cell.hidden_size = 4"):
         BiTreeLSTM(4, ChildSumCell(IN, H), ChildSumCell(IN, H))
+
+
+def test_the_root_value_example_runs_dry(capsys):
+    """examples/topdown_root_value.py (bottom-up vs bidirectional on "label every node with the
+    root's value") runs with --dry-run and reports both models."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "topdown_root_value.py"
+    spec = importlib.util.spec_from_file_location("topdown_root_value", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        results = module.main(["--dry-run"])
+    finally:
+        torch.set_default_dtype(old)
+    assert set(results) == {"bottom-up", "bidirectional"}
+    assert all(0 <= v <= 1 for r in results.values() for v in r.values())
+    out = capsys.readouterr().out
+    assert "bottom-up: test accuracy" in out and "bidirectional: test accuracy" in out
