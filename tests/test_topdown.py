@@ -5,6 +5,7 @@ its per-node reference -- float64, values and every gradient, on hypothesis fore
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -186,7 +187,7 @@ def test_the_bidirectional_encoder_under_a_head_and_its_errors():
         BiTreeLSTM(4, ChildSumCell(IN, H), ChildSumCell(IN, H))
 
 
-def test_the_root_value_example_runs_dry(capsys):
+def test_the_root_value_example_runs_dry(capsys, monkeypatch):
     """examples/topdown_root_value.py (bottom-up vs bidirectional on "label every node with the
     root's value") runs with --dry-run and reports both models."""
     import importlib.util
@@ -195,6 +196,7 @@ def test_the_root_value_example_runs_dry(capsys):
     path = Path(__file__).resolve().parents[1] / "examples" / "topdown_root_value.py"
     spec = importlib.util.spec_from_file_location("topdown_root_value", path)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks itself up there
     spec.loader.exec_module(module)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
