@@ -1,6 +1,8 @@
 """Top-down passes (issue 12): the depth layout of a schedule, every strategy against the
 per-node evaluator going from the roots to the leaves, and the bidirectional encoder against
-its per-node reference -- float64, values and every gradient, on hypothesis forests."""
+its per-node reference -- float64, values and every gradient, on hypothesis forests.
+
+The module runs twice, once per implementation of the fused kernels (PyTorch ops, native C)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from treelstm import (
     build_schedule,
     evaluate_bidirectional,
     explain,
+    kernels,
     run,
 )
 from treelstm.executor import STRATEGIES
@@ -33,6 +36,16 @@ from .user_cells import TreeGRU
 pytestmark = pytest.mark.usefixtures("float64", "one_thread")
 
 IN, H = 3, 4
+
+
+@pytest.fixture(scope="module", params=["torch", "native"], autouse=True)
+def kernel_path(request):
+    """Run every test of the module on one implementation of the fused kernels."""
+    if request.param == "native" and not kernels.native_available():
+        pytest.skip("the native kernels do not build here")
+    old = kernels.set_native(request.param == "native")
+    yield request.param
+    kernels.set_native(old)
 
 
 def depths(s):
@@ -208,3 +221,29 @@ def test_the_root_value_example_runs_dry(capsys, monkeypatch):
     assert all(0 <= v <= 1 for r in results.values() for v in r.values())
     out = capsys.readouterr().out
     assert "bottom-up: test accuracy" in out and "bidirectional: test accuracy" in out
+
+
+def test_native_float32_top_down_is_as_close_as_pytorch_float32(kernel_path):
+    """float32: the native top-down loop is as close to float64 as the PyTorch ops are."""
+    if kernel_path != "native":
+        pytest.skip("compares the native path with the PyTorch one")
+    from benchmarks.batching import synthetic_trees
+
+    trees = synthetic_trees(30, seed=3)
+    s = build_schedule(trees)
+    x = torch.randn(s.num_nodes, IN, generator=torch.Generator().manual_seed(4))
+    got = {}
+    for name, native, dtype in [("ref", False, torch.float64), ("torch", False, torch.float32),
+                                ("native", True, torch.float32)]:  # fmt: skip
+        kernels.set_native(native)
+        cell = _cell("childsum", 0).to(dtype)
+        got[name] = outputs_and_grads(
+            cell, strategy_fn(cell, trees, s, "level", "down"), x.to(dtype)
+        )
+    kernels.set_native(True)
+    for name in ("torch", "native"):
+        err = max(
+            ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+            for a, b in zip(got[name], got["ref"], strict=True)
+        )
+        assert err < 5e-6, f"{name} float32: relative error {err:.1e}"

@@ -30,8 +30,9 @@ values and every gradient, in float64): `torch_levels` (PyTorch ops; every devic
 call each into C built on first use, see `build`; no per-level Python). `run` picks the
 native one when it is available and the tensors are on the CPU; `set_native` overrides.
 
-A top-down kernel (`TopDownKernel`, PyTorch ops only: `torch_down`) runs the same gates from the
-roots to the leaves, one step per depth, each node's one child slot holding its parent.
+A top-down kernel (`TopDownKernel`: `torch_down`, and `native_levels.DownNative`) runs the same
+gates from the roots to the leaves, one step per depth, each node's one child slot holding its
+parent.
 
 A kernel is a class with ``run(cell, schedule, x) -> (h, c)``; a cell class opts in by naming
 it (`ChildSumCell.level_kernel` bottom-up, ``.down_kernel`` top-down) and the kernel reads the
@@ -52,7 +53,7 @@ from torch import Tensor
 
 from ..schedule import Schedule
 from . import build
-from .native_levels import ChildSumNative, NaryNative
+from .native_levels import ChildSumNative, DownNative, NaryNative
 from .torch_down import DownLevels
 from .torch_levels import ChildSumLevels, NaryLevels
 
@@ -204,10 +205,6 @@ class TopDownKernel(_CellKernel):
         return _CellKernel.why_not(cell)
 
     @staticmethod
-    def platform(x: Tensor | None = None) -> str:
-        return "PyTorch ops"
-
-    @staticmethod
     def run(cell, schedule: Schedule, x: Tensor) -> tuple[Tensor, Tensor]:
         """h, c [N, H] of every node of `schedule`, in schedule order; x [N, input_size] in
         schedule order."""
@@ -215,7 +212,11 @@ class TopDownKernel(_CellKernel):
         xd = x.index_select(0, lay.order)
         parts = cell.input_parts(xd, lay.bounds[1])  # the roots take the place of leaves
         train = _wants_grad(parts, cell.U.weight)
-        h, c = DownLevels.apply(
-            *parts, cell.U.weight, lay.parent, lay.bounds, cell.n_main, train
-        )
+        lib = _native_lib(parts.leaf)
+        if lib is None:
+            args = (cell.U.weight, lay.parent, lay.bounds, cell.n_main, train)
+            h, c = DownLevels.apply(*parts, *args)
+        else:
+            args = (cell.U.weight, lay.parent, lay.bounds, cell.n_main, cell.output_gate)
+            h, c = DownNative.apply(*parts, *args, train, lib)
         return h.index_select(0, lay.pos), c.index_select(0, lay.pos)
