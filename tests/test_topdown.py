@@ -86,15 +86,23 @@ def test_the_depth_layout(trees):
         assert sub.depth_bounds[-1] == sub.num_nodes
 
 
-def test_deep_chains_use_pointer_jumping():
-    """A 3,000-node chain (more levels than the per-level sweep takes) gets every depth right,
-    and a top-down pass runs over it (no recursion anywhere)."""
+def test_deep_chains_and_wide_batches_get_every_depth():
+    """A 3,000-node chain (the row loop) beside a wide batch (the per-level numpy sweep, more
+    than 64 rows a level) gets every depth right, and a top-down pass runs over it (no
+    recursion anywhere)."""
     node = Tree(0, "w")
     for _ in range(2_999):
         node = Tree(0, "w", [node])
     s = build_schedule([node, Tree(1, None, [Tree(2, "a"), Tree(3, "b")])])
     assert s.num_depths == 3_000
     want = depths(s)
+    wide = build_schedule([Tree.from_ptb("(1 (2 (3 a) (4 b)) (5 c))")] * 200)
+    assert wide.num_nodes > 64 * wide.num_levels
+    got = [0] * wide.num_nodes
+    for k, (a, b) in enumerate(zip(wide.depth_bounds[:-1], wide.depth_bounds[1:], strict=True)):
+        for j in wide.depth_order[a:b].tolist():
+            got[j] = k
+    assert got == depths(wide)
     got = [0] * s.num_nodes
     for k, (a, b) in enumerate(zip(s.depth_bounds[:-1], s.depth_bounds[1:], strict=True)):
         for j in s.depth_order[a:b].tolist():

@@ -341,27 +341,26 @@ def _depth_layout(parent: np.ndarray, level_bounds) -> tuple[np.ndarray, tuple[i
 
 
 def _depths(parent: np.ndarray, level_bounds) -> np.ndarray:
-    """[N] depth of every row (roots 0).
+    """[N] depth of every row of a level-major forest (roots 0).
 
-    Few levels (the usual batch): one whole-level op per level from the top, as a parent is
-    always on a higher level. Many levels (a 100,000-node chain): pointer jumping instead, each
-    round adding the depth gathered at a node's current ancestor and jumping to that ancestor's
-    ancestor, so depth D takes log2(D) + 1 rounds, never a loop over nodes.
+    A parent is on a higher level, so on a higher row: one pass from the last row down gives
+    every depth. Measured on SST trees, a Python loop over the rows (~50 ns a row) beats a
+    numpy op per level (~3 us a level) up to about 64 rows a level, e.g. on one tree or a
+    chain; above that, one whole-level numpy op per level from the top.
     """
-    depth = np.zeros(len(parent), dtype=np.int64)
-    if len(level_bounds) <= 65:
-        for s, e in zip(level_bounds[-2::-1], level_bounds[:0:-1], strict=True):
-            p = parent[s:e]
-            depth[s:e] = np.where(p >= 0, depth[np.maximum(p, 0)] + 1, 0)
-        return depth
-    depth[parent >= 0] = 1
-    up = parent.copy()
-    live = np.flatnonzero(up >= 0)
-    while live.size:
-        a = up[live]
-        depth[live] += depth[a]  # depth[a] is read before this round's writes (a copy)
-        up[live] = up[a]
-        live = live[up[live] >= 0]
+    N, L = len(parent), len(level_bounds) - 1
+    if N <= 64 * L:
+        up = parent.tolist()
+        depth = [0] * N
+        for j in range(N - 1, -1, -1):
+            q = up[j]
+            if q >= 0:
+                depth[j] = depth[q] + 1
+        return np.array(depth, dtype=np.int64)
+    depth = np.zeros(N, dtype=np.int64)
+    for s, e in zip(level_bounds[-2::-1], level_bounds[:0:-1], strict=True):
+        p = parent[s:e]
+        depth[s:e] = np.where(p >= 0, depth[np.maximum(p, 0)] + 1, 0)
     return depth
 
 
