@@ -209,6 +209,7 @@ def fused_kernel(cell, direction: str = "up"):
     no forward method, hooks or replaced submodules that the kernel would skip
     (``kernel.why_not``). Never decided by isinstance.
     """
+    _check_names("level", direction)
     attr = _KERNEL_ATTR[direction]
     cls = type(cell)
     owner = next((k for k in cls.__mro__ if attr in vars(k)), None)
@@ -235,7 +236,7 @@ def fused_kernel(cell, direction: str = "up"):
 def _instance_changes(cell) -> str | None:
     """What an instance adds that a kernel would not call: a forward set on the instance, or
     hooks (its own or global ones; the kernel never calls the module)."""
-    if "forward" in vars(cell):
+    if "forward" in getattr(cell, "__dict__", {}):
         return "forward is set on the instance"
     for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
         if getattr(cell, attr, None):
