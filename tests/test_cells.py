@@ -157,13 +157,13 @@ def test_shared_gradient_is_sum_of_per_node_contributions(tree, kind):
     for j in range(n - 1):
         kids[int(flat.parent[j])].append(j)
     hs, cs = [], []
-    K = 2 if kind == "nary" else None
-    from treelstm.executor import _node_step
+    K = 2 if kind == "nary" else max(map(len, kids))  # the slots every strategy gives
+    from treelstm.executor import _node_step, _Step
 
     calls = []
     for j in range(n):
         hj, cj = _node_step(
-            copies[j], x[j : j + 1], [hs[k] for k in kids[j]], [cs[k] for k in kids[j]], K
+            _Step(copies[j]), x[j : j + 1], [hs[k] for k in kids[j]], [cs[k] for k in kids[j]], K
         )
         hs.append(hj)
         cs.append(cj)

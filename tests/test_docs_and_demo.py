@@ -17,9 +17,9 @@ def python_blocks(name: str) -> list[str]:
     return blocks
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/trees.md"])
+@pytest.mark.parametrize("name", ["README.md", "docs/trees.md", "docs/cells.md"])
 def test_python_blocks_in_the_docs_run(name):
-    """Every python block in the README and in docs/trees.md executes without error."""
+    """Every python block in the README, docs/trees.md and docs/cells.md executes."""
     for code in python_blocks(name):
         exec(compile(code, name, "exec"), {})
 

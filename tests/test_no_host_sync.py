@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 from treelstm import kernels
 from treelstm.cells import ChildSumCell, NaryCell
 from treelstm.executor import run
-from treelstm.models import TreeLSTM
+from treelstm.models import BiTreeLSTM, TreeLSTM
 from treelstm.schedule import build_schedule
 from treelstm.tree import Tree
 
@@ -78,20 +78,25 @@ def torch_kernels():
 @pytest.mark.parametrize("kind", ["childsum", "nary"])
 @pytest.mark.parametrize("strategy", ["level", "level_autograd"])
 @pytest.mark.parametrize("switches", [{}, {"input_at": "leaves", "output_gate": False}])
-def test_level_strategies_never_sync_forward_or_backward(kind, strategy, switches):
-    """Forward and backward of a batch of trees call nothing that reads device values."""
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_level_strategies_never_sync_forward_or_backward(kind, strategy, switches, direction):
+    """Forward and backward of a batch of trees call nothing that reads device values,
+    bottom-up and top-down (the fused kernels and the generic loops)."""
     trees = [Tree.from_ptb(s) for s in TREES]
     sched = build_schedule(trees)
     torch.manual_seed(0)
-    cell = ChildSumCell(5, 6, **switches) if kind == "childsum" else NaryCell(5, 6, **switches)
+    n_ary = 1 if direction == "down" else 2
+    cell = (
+        ChildSumCell(5, 6, **switches) if kind == "childsum" else NaryCell(5, 6, n_ary, **switches)
+    )
     x = torch.randn(sched.num_nodes, 5, requires_grad=True)
     with SyncSpy() as spy:
-        h, c = run(cell, sched, x, strategy)
+        h, c = run(cell, sched, x, strategy, direction=direction)
         (h.sum() + c.square().sum()).backward()
     assert spy.calls, "nothing recorded"
     assert spy.syncing == [], f"host synchronisation in the {strategy} path: {spy.syncing}"
     with SyncSpy() as spy, torch.no_grad():  # the forward that skips the gate factors
-        run(cell, sched, x, strategy)
+        run(cell, sched, x, strategy, direction=direction)
     assert spy.calls and spy.syncing == [], spy.syncing
 
 
@@ -108,3 +113,17 @@ def test_the_encoder_never_syncs(kind):
         out = enc(sched)
         out.root_h.sum().backward()
     assert spy.syncing == [], spy.syncing
+
+
+@pytest.mark.usefixtures("torch_kernels")
+def test_the_bidirectional_encoder_never_syncs():
+    """BiTreeLSTM: the up pass, the depth layout (built on the device from the schedule's
+    integer tensors on first use) and the top-down pass, forward and backward."""
+    trees = [Tree.from_ptb(s) for s in TREES]
+    sched = build_schedule(trees, {w: i for i, w in enumerate("abcdefgh")})
+    torch.manual_seed(0)
+    enc = BiTreeLSTM(8, ChildSumCell(5, 6), ChildSumCell(6, 4))
+    with SyncSpy() as spy:
+        out = enc(sched)
+        out.root_h.sum().backward()
+    assert spy.calls and spy.syncing == [], spy.syncing

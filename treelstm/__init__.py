@@ -4,9 +4,18 @@ trees -> build_schedule -> TreeLSTM(encoder) -> head;  load_model(run).predict(t
 sentences -> build_sequences -> SequenceLSTM (the paper's sequential baselines) -> head
 """
 
-from .cells import ChildSumCell, NaryCell, TreeCell
+from .cells import ChildSumCell, NaryCell, TreeCell, check_cell
 from .data import DataNotFound, Pair, Vocab, find_data, load_sick, load_sst, load_vectors
-from .executor import STRATEGIES, evaluate_tree, run
+from .executor import (
+    DIRECTIONS,
+    STRATEGIES,
+    child_slots,
+    evaluate_bidirectional,
+    evaluate_tree,
+    explain,
+    fused_kernel,
+    run,
+)
 from .formats import (
     Collapsed,
     Factored,
@@ -19,10 +28,12 @@ from .formats import (
 )
 from .labels import IGNORE_INDEX, LabelMap
 from .models import (
+    BiTreeLSTM,
     Encoded,
     RelatednessModel,
     SentimentModel,
     TreeLSTM,
+    build_cell,
     relatedness_loss,
     relatedness_target,
 )
@@ -31,8 +42,10 @@ from .sequence import SequenceBatch, SequenceLSTM, build_sequences, sequence_mod
 from .tree import FlatTree, Tree
 
 __all__ = [
+    "DIRECTIONS",
     "IGNORE_INDEX",
     "STRATEGIES",
+    "BiTreeLSTM",
     "ChildSumCell",
     "Collapsed",
     "DataNotFound",
@@ -53,11 +66,17 @@ __all__ = [
     "TreeLSTM",
     "TrainedModel",
     "binarize",
+    "build_cell",
     "build_schedule",
     "build_sequences",
+    "check_cell",
+    "child_slots",
     "collate",
+    "evaluate_bidirectional",
     "evaluate_tree",
+    "explain",
     "find_data",
+    "fused_kernel",
     "load_model",
     "load_sick",
     "load_sst",

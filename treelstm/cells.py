@@ -1,12 +1,24 @@
 """Tree-LSTM cells: one batched step each (Tai, Socher & Manning 2015, ACL, "Improved Semantic
 Representations From Tree-Structured Long Short-Term Memory Networks").
 
-A cell maps the input of M nodes and the states of their children to the nodes' own states:
+A cell maps the input of M nodes and the states of their children to the nodes' own states.
+The protocol every cell follows, the library's and a user's alike (docs/cells.md):
 
-    cell(x, child_h, child_c, child_mask) -> (h, c)
-    x [M, input_size], child_h / child_c [M, K, hidden_size], child_mask [M, K] (bool)
+    cell(x, child_h, child_c, child_mask) -> (h, c)   or   -> h
+    x [M, input_size]; child_h, child_c [M, K, hidden_size]; child_mask [M, K] bool
+    h, c [M, hidden_size]
+
+    attributes  input_size, hidden_size (positive ints); optional n_ary (int: the cell takes
+                exactly n_ary ordered child slots; without it K is the schedule's widest node)
+    slots       child k of a node is in slot k, in the tree's order; slots past a node's last
+                child are masked out (False) and hold zeros. K is the same for every node of a
+                call and for every strategy: n_ary, else the batch's largest fan-out (0 when
+                every node is a leaf). A top-down pass gives K = 1: the node's parent
+                (masked out at the roots).
+    h only      a cell that returns h alone gets zeros as child_c, and `run` returns c = None
 
 A cell never sees a tree or a schedule: the executor decides which nodes go through one call.
+`check_cell` says what a cell lacks.
 
 Child-Sum (eqs. 2-8): h~ = sum_k h_k; i, o, u from W x + U h~ + b; one forget gate per child,
 f_k = sigmoid(W_f x + U_f h_k + b_f); c = i*u + sum_k f_k*c_k; h = o*tanh(c).
@@ -22,8 +34,11 @@ Switches for the reference code's variants (and one known peer variant):
 
 Internally each cell splits its step into the x half (`project` for the generic step;
 `input_parts` for the fused level kernel, W x on the rows where input enters only) and a
-recurrence on U. A cell names the fused kernel that runs its whole level loop in
-`level_kernel` (`treelstm.kernels`); the generic paths call `forward`.
+recurrence on U. A cell class names the fused kernels that run its whole level loop in
+`level_kernel` (bottom-up) and `down_kernel` (top-down) (`treelstm.kernels`); the generic paths
+call the cell. The declaration is the class's own: a subclass that redefines a method the
+kernel stands in for (``forward``, ``project``, ``input_parts``, ...) runs on the generic path
+unless it declares the kernel again itself (`treelstm.executor.fused_kernel` has the rule).
 """
 
 from __future__ import annotations
@@ -32,9 +47,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import ChildSumKernel, InputParts, NaryKernel
+from .kernels import ChildSumKernel, InputParts, NaryKernel, TopDownKernel
 
-__all__ = ["ChildSumCell", "NaryCell", "TreeCell"]
+__all__ = ["ChildSumCell", "NaryCell", "TreeCell", "check_cell"]
+
+_PROTOCOL = (
+    "a cell needs input_size and hidden_size (positive ints) and is called as "
+    "cell(x, child_h, child_c, child_mask) -> h or (h, c), see docs/cells.md"
+)
+
+
+def check_cell(cell) -> None:
+    """Raise TypeError or ValueError, one line naming what `cell` lacks of the protocol (the
+    module docstring): callable, ``input_size`` and ``hidden_size`` positive ints, ``n_ary``
+    (if present and not None) a positive int."""
+    name = type(cell).__name__
+    if not callable(cell):
+        raise TypeError(f"{name} is not callable: {_PROTOCOL}")
+    for attr in ("input_size", "hidden_size"):
+        v = getattr(cell, attr, None)
+        if v is None:
+            raise TypeError(f"{name} has no attribute {attr!r} (set self.{attr} in __init__): "
+                            f"{_PROTOCOL}")  # fmt: skip
+        if type(v) is not int or v <= 0:
+            raise ValueError(f"{name}.{attr} is {v!r}, not a positive int: {_PROTOCOL}")
+    n = getattr(cell, "n_ary", None)
+    if n is not None and (type(n) is not int or n <= 0):
+        raise ValueError(
+            f"{name}.n_ary is {n!r}: n_ary is the number of ordered child slots the cell takes "
+            "(a positive int), or None / absent for any number of children"
+        )
 
 
 class TreeCell(nn.Module):
@@ -187,6 +229,7 @@ class ChildSumCell(TreeCell):
 
     kind = "childsum"
     level_kernel = ChildSumKernel
+    down_kernel = TopDownKernel  # one child slot: the parent
 
     def __init__(self, input_size: int, hidden_size: int, **switches) -> None:
         n_main = 3 if switches.get("output_gate", True) else 2
@@ -223,6 +266,7 @@ class NaryCell(TreeCell):
 
     kind = "nary"
     level_kernel = NaryKernel
+    down_kernel = TopDownKernel  # with n_ary=1 (its one slot: the parent)
 
     def __init__(self, input_size: int, hidden_size: int, n_ary: int = 2, **switches) -> None:
         if n_ary < 1:

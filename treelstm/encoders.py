@@ -29,8 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .cells import ChildSumCell, NaryCell
-from .models import TreeLSTM
+from .models import TreeLSTM, build_cell
 from .schedule import collate
 from .sequence import KINDS, PAPER_MEMORY, SequenceLSTM, collate_sequences
 
@@ -92,10 +91,7 @@ class TreeLSTMKind(ModelKind):
         E = vectors.shape[1] if vectors is not None else emb_dim
         switches = dict(input_at=cfg.input_at, output_gate=cfg.output_gate,
                         double_bias=cfg.double_bias, forget_input=cfg.forget_input)  # fmt: skip
-        if cfg.cell == "nary":
-            cell = NaryCell(E, cfg.hidden, n_ary=2, **switches)
-        else:
-            cell = ChildSumCell(E, cfg.hidden, **switches)
+        cell = build_cell(cfg.cell, E, cfg.hidden, **switches)  # a user's module:factory too
         if vectors is None:  # drawn after the cell: the order every earlier run had
             vectors = random_vectors(vocab_size, E)
         return TreeLSTM(
@@ -106,7 +102,8 @@ class TreeLSTMKind(ModelKind):
         return collate(vocab, n_ary=n_ary, labels=labels)
 
     def paper_memory(self, task: str, cell: str | None) -> int:
-        return self.MEMORY[(task, cell)]
+        # A user's cell (module:factory) has no paper row: the paper's Tree-LSTM memory, 150.
+        return self.MEMORY.get((task, cell), 150)
 
     def summary(self, cfg: Any) -> str:
         return f"{cfg.cell} cell, d {cfg.hidden}"

@@ -80,7 +80,10 @@ class TrainedModel(nn.Module):
 
     @property
     def n_ary(self) -> int | None:
-        """The most children a node may have (2 for the binary N-ary cell; None: any)."""
+        """The most children a node may have (2 for the binary N-ary cell, a user's cell's own
+        ``n_ary``; None: any)."""
+        if ":" in (self.config.cell or ""):  # a user's cell (--cell module:factory)
+            return getattr(self.model.encoder.cell, "n_ary", None)
         return 2 if self.config.cell == "nary" else None
 
     @property
@@ -108,10 +111,12 @@ class TrainedModel(nn.Module):
         if self.n_ary is None:
             return
         widest = max_fan_out(tree)
+        what = "binary N-ary cell" if self.config.cell == "nary" else "cell"
         if widest > self.n_ary:
             raise ValueError(
-                f"{where}: a node with {widest} children; this model's binary N-ary cell takes at "
-                "most 2: binarize the tree (treelstm.binarize; --binarize on the command line)"
+                f"{where}: a node with {widest} children; this model's {what} takes at most "
+                f"{self.n_ary}: binarize the tree (treelstm.binarize; --binarize on the command "
+                "line)"
             )
 
     @torch.no_grad()
@@ -255,7 +260,8 @@ def _config(file: Path, doc: dict) -> TrainConfig:
     try:
         return TrainConfig(**doc["config"]).resolved()
     except (RunError, ValueError) as e:
-        raise CheckpointError(f"{file}: its settings are not usable here ({e})") from None
+        # e.g. a user's --cell module:factory whose module does not import here
+        raise CheckpointError(f"{file}: the run's settings cannot be used here: {e}") from None
 
 
 def _task(file: Path, doc: dict, cfg: TrainConfig) -> Task:

@@ -6,6 +6,10 @@ level-major (all of level 0 first, then level 1, ...), so every level is a conti
 batch costs ``max height + 1`` cell calls whatever its size (Tai et al. 2015 trees; the idea of
 building the schedule as integer data before the step follows TensorFlow Fold's weaver).
 
+A top-down pass (roots to leaves) goes by depth instead: the roots are depth 0, a child is one
+below its parent. ``depth_order`` lists the rows depth-major and ``depth_bounds`` cuts it into
+depths, so a batch costs ``max depth + 1`` steps that way (`down_layout` has the index vectors).
+
 Building is pure CPU/numpy work on each tree's cached flat arrays, picklable, and fit for a
 DataLoader ``collate_fn`` (see `collate`). Words become ids through a vocabulary, labels through
 a label map (`treelstm.labels`); mistakes in either are reported with the word or label and the
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import cached_property, partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +31,22 @@ from .formats.binarize import Factored
 from .labels import IGNORE_INDEX, LabelMap
 from .tree import Tree
 
-__all__ = ["Schedule", "build_schedule", "collate"]
+__all__ = ["DownLayout", "Schedule", "build_schedule", "collate"]
+
+
+class DownLayout(NamedTuple):
+    """A schedule's nodes depth-major, for a top-down pass (`Schedule.down_layout`).
+
+    order   [N] int64  row ids depth-major: position q holds row ``order[q]``
+    pos     [N] int64  the inverse: row j sits at position ``pos[j]``
+    parent  [N] int64  each position's parent as a position, N for roots (a dummy row)
+    bounds  depth d is positions ``bounds[d]:bounds[d+1]`` (Python ints); depth 0 = the roots
+    """
+
+    order: Tensor
+    pos: Tensor
+    parent: Tensor
+    bounds: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,12 @@ class Schedule:
     tree_sizes     node count of each tree
     max_token      the largest token id in the batch (-1 if none), a Python int, so that a
                    model can check it against its vocabulary size without reading the device
+    depth_order [N] int64  the rows depth-major (the roots of every tree first, then their
+                   children, ...), for top-down passes; None in a Schedule made by hand
+                   (computed from ``parent`` on first use then)
+    depth_bounds   depth d is ``depth_order[depth_bounds[d]:depth_bounds[d+1]]``, Python ints
+                   (both derived from ``parent``: build_schedule fills them; a schedule whose
+                   ``parent`` is changed with dataclasses.replace must drop them too)
 
     Rows are in schedule order; `split(x)` gives each tree's rows back in its own post-order.
     """
@@ -65,6 +91,8 @@ class Schedule:
     level_bounds: tuple[int, ...]
     tree_sizes: tuple[int, ...]
     max_token: int = -1
+    depth_order: Tensor | None = None
+    depth_bounds: tuple[int, ...] = ()
 
     @property
     def num_nodes(self) -> int:
@@ -87,8 +115,28 @@ class Schedule:
         return self.level_bounds[1]
 
     @property
+    def num_depths(self) -> int:
+        """Steps of a top-down pass: max depth + 1."""
+        return len(self.down_layout.bounds) - 1
+
+    @property
     def device(self) -> torch.device:
         return self.children.device
+
+    @cached_property
+    def down_layout(self) -> DownLayout:
+        """The index vectors of a top-down pass (see `DownLayout`), built on the schedule's
+        device from ``depth_order`` and ``parent`` with no read-back. Cached."""
+        order, bounds = self.depth_order, self.depth_bounds
+        if order is None:  # a Schedule made by hand: derive the depths on the CPU once
+            depth_order, bounds = _depth_layout(self.parent.cpu().numpy(), self.level_bounds)
+            order = torch.from_numpy(depth_order).to(self.device)
+        N = self.num_nodes
+        pos = torch.empty_like(order)
+        pos[order] = torch.arange(N, device=order.device)
+        p = self.parent.index_select(0, order)
+        parent = torch.where(p >= 0, pos.index_select(0, p.clamp(min=0)), N)
+        return DownLayout(order, pos, parent, bounds)
 
     def is_leaf(self) -> Tensor:
         """[N] bool: leaves are exactly level 0."""
@@ -114,11 +162,13 @@ class Schedule:
             sub_ptr = np.zeros(int(level[nodes].max()) + 2, dtype=np.int64)
             np.cumsum(np.bincount(level[nodes]), out=sub_ptr[1:])
             p = parent[nodes]
+            sub_parent = np.where(p >= 0, local[np.maximum(p, 0)], -1)
+            sub_depth_order, sub_depth_bounds = _depth_layout(sub_parent, sub_ptr)
             sub = Schedule(
                 tokens=self.tokens[torch.from_numpy(nodes)],
                 labels=None if self.labels is None else self.labels[torch.from_numpy(nodes)],
                 children=torch.from_numpy(np.where(ch >= 0, local[np.maximum(ch, 0)], -1)),
-                parent=torch.from_numpy(np.where(p >= 0, local[np.maximum(p, 0)], -1)),
+                parent=torch.from_numpy(sub_parent),
                 level_ptr=torch.from_numpy(sub_ptr),
                 roots=torch.tensor([n - 1]),
                 node_tree=torch.zeros(n, dtype=torch.int64),
@@ -126,6 +176,8 @@ class Schedule:
                 level_bounds=tuple(int(v) for v in sub_ptr),
                 tree_sizes=(n,),
                 max_token=self.max_token,  # a bound for the tree's own tokens
+                depth_order=torch.from_numpy(sub_depth_order),
+                depth_bounds=sub_depth_bounds,
             ).to(self.device)
             out.append((torch.from_numpy(nodes).to(self.device), sub))
         return out
@@ -229,6 +281,7 @@ def build_schedule(
     np.cumsum(counts, out=level_ptr[1:])
     rank = np.concatenate([f.child_rank for f in flats])[perm]
     children = _child_table(parent, rank, n_ary, node_tree_old[perm], len(flats))
+    depth_order, depth_bounds = _depth_layout(parent, level_ptr)
 
     return Schedule(
         tokens=torch.from_numpy(tokens[perm]),
@@ -242,6 +295,8 @@ def build_schedule(
         level_bounds=tuple(int(v) for v in level_ptr),
         tree_sizes=tuple(int(v) for v in sizes),
         max_token=int(tokens.max()),
+        depth_order=torch.from_numpy(depth_order),
+        depth_bounds=depth_bounds,
     )
 
 
@@ -271,6 +326,42 @@ def _tree_list(trees) -> list[Tree]:
         if not isinstance(t, Tree):
             raise TypeError(f"build_schedule: item {b} is a {type(t).__name__}, not a Tree")
     return trees
+
+
+def _depth_layout(parent: np.ndarray, level_bounds) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(rows depth-major [N], depth bounds) of a level-major forest (-1 = root)."""
+    depth = _depths(parent, level_bounds)
+    # Stable: within a depth, rows keep the level-major order. int16 keys sort by radix
+    # (~4x faster than int64's merge sort on a batch of SST trees).
+    key = depth.astype(np.int16) if depth.size and depth.max() < 2**15 else depth
+    order = np.argsort(key, kind="stable")
+    bounds = np.zeros(int(depth.max(initial=0)) + 2, dtype=np.int64)
+    np.cumsum(np.bincount(depth, minlength=len(bounds) - 1), out=bounds[1:])
+    return order, tuple(int(v) for v in bounds)
+
+
+def _depths(parent: np.ndarray, level_bounds) -> np.ndarray:
+    """[N] depth of every row of a level-major forest (roots 0).
+
+    A parent is on a higher level, so on a higher row: one pass from the last row down gives
+    every depth. Measured on SST trees, a Python loop over the rows (~50 ns a row) beats a
+    numpy op per level (~3 us a level) up to about 64 rows a level, e.g. on one tree or a
+    chain; above that, one whole-level numpy op per level from the top.
+    """
+    N, L = len(parent), len(level_bounds) - 1
+    if N <= 64 * L:
+        up = parent.tolist()
+        depth = [0] * N
+        for j in range(N - 1, -1, -1):
+            q = up[j]
+            if q >= 0:
+                depth[j] = depth[q] + 1
+        return np.array(depth, dtype=np.int64)
+    depth = np.zeros(N, dtype=np.int64)
+    for s, e in zip(level_bounds[-2::-1], level_bounds[:0:-1], strict=True):
+        p = parent[s:e]
+        depth[s:e] = np.where(p >= 0, depth[np.maximum(p, 0)] + 1, 0)
+    return depth
 
 
 def _child_table(parent, rank, n_ary, node_tree, n_trees) -> np.ndarray:

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from . import data as ds
 from .encoders import MODELS, TREE_OPTIONS, get_model_kind
+from .models import cell_n_ary
 from .runtime import (
     CheckpointError,
     RunOptions,
@@ -87,7 +88,9 @@ class TrainConfig(RunOptions):
     data_dir: str | None = None  # data folder; else $TREELSTM_DATA; else download (SST only)
     epochs: int = 10  # passes over the training set (the reference trains 10)
     batch_size: int = 25  # trees (SST) or pairs (SICK) per optimiser step, as in the paper
-    cell: str | None = None  # "nary" (binary N-ary; constituency trees) or "childsum" (any tree)
+    cell: str | None = (
+        None  # "nary" (binary trees), "childsum" (any tree), or yours: module:factory
+    )
     hidden: int | None = None  # memory size d; default: the paper's for the task and model
     embeddings: str | None = None  # GloVe-format text file, "none" = random; default: found
     emb_dim: int = 300  # embedding size when no vectors file is used
@@ -116,8 +119,7 @@ class TrainConfig(RunOptions):
     RESUMABLE = RunOptions.RESUMABLE | {
         "data_dir", "epochs", "workers", "eval_batch_size", "diverge", "download", "step_delay",
     }  # fmt: skip
-    CHOICES = {"mode": ("fine", "binary"), "cell": ("nary", "childsum"),
-               "input_at": ("leaves", "all"), "model": tuple(MODELS),
+    CHOICES = {"mode": ("fine", "binary"), "input_at": ("leaves", "all"), "model": tuple(MODELS),
                "parses": ("dependency", "constituency"),
                "select": ("accuracy", "pearson", "spearman", "mse", "kl")}  # fmt: skip
 
@@ -155,14 +157,23 @@ class TrainConfig(RunOptions):
             c.sim_hidden, c.batch_size = min(c.sim_hidden, 8), min(c.batch_size, 10)
         require_positive(c, ("epochs", "batch_size", "hidden", "emb_dim", "sim_hidden",
                              "eval_batch_size", "subset"))  # fmt: skip
+        if c.cell and ":" in c.cell:  # a user's module:factory (build_cell): it must build now
+            try:
+                cell_n_ary(c.cell, c.emb_dim, c.hidden)
+            except ValueError as e:
+                raise UsageError(f"--{e}") from None
         return c
 
 
 def _check_cell(c: TrainConfig) -> None:
-    """A Tree-LSTM's cell fits the task and its parses (SICK: the parses follow the cell)."""
+    """A Tree-LSTM's cell fits the task and its parses (SICK: the parses follow the cell). A
+    user's ``module:factory`` cell takes the task's default parses unless --parses says."""
     task = get_task(c.task, c.mode)
-    if c.cell not in task.cells:
-        raise UsageError(f"--cell {c.cell}: {task.name} takes {' or '.join(task.cells)}")
+    if ":" not in c.cell and c.cell not in task.cells:
+        raise UsageError(
+            f"--cell {c.cell}: {task.name} takes {' or '.join(task.cells)}, or your own cell as "
+            "module:factory"
+        )
     if c.parses is None and "constituency" in task.parse_kinds and c.cell == "nary":
         c.parses = "constituency"  # the binary N-ary cell needs binary trees
     if c.cell == "nary" and c.parses == "dependency":
@@ -189,8 +200,9 @@ def task_of(cfg: TrainConfig) -> Task:
 
 
 def _n_ary(cfg: TrainConfig) -> int | None:
-    """The most children a node may have: 2 for the binary N-ary cell, any for Child-Sum."""
-    return 2 if cfg.cell == "nary" else None
+    """The most children a node may have: 2 for the binary N-ary cell, any for Child-Sum, a
+    user's cell's own ``n_ary``; None for a sequence model (no cell)."""
+    return cell_n_ary(cfg.cell, cfg.emb_dim, cfg.hidden) if cfg.cell else None
 
 
 # ------------------------------------------------------------------------------- data

@@ -30,11 +30,18 @@ values and every gradient, in float64): `torch_levels` (PyTorch ops; every devic
 call each into C built on first use, see `build`; no per-level Python). `run` picks the
 native one when it is available and the tensors are on the CPU; `set_native` overrides.
 
-A kernel is a class with ``run(cell, schedule, x) -> (h, c)``; a cell declares the one it uses
-(`ChildSumCell.level_kernel`, `NaryCell.level_kernel`) and reads its parameters through
-``cell.input_parts``, ``cell.U.weight``, ``cell.n_main`` and ``cell.output_gate``. The kernels
-read only tensors and the schedule's level bounds (Python ints), never a value on the device,
-so the loop never waits for a GPU.
+A top-down kernel (`TopDownKernel`: `torch_down`, and `native_levels.DownNative`) runs the same
+gates from the roots to the leaves, one step per depth, each node's one child slot holding its
+parent.
+
+A kernel is a class with ``run(cell, schedule, x) -> (h, c)``; a cell class opts in by naming
+it (`ChildSumCell.level_kernel` bottom-up, ``.down_kernel`` top-down) and the kernel reads the
+cell's parameters through ``cell.input_parts``, ``cell.U.weight``, ``cell.n_main`` and
+``cell.output_gate``. A kernel computes the cell's function without calling the cell, so it
+lists the methods it stands in for (``stands_for``) and what it needs of an instance
+(``why_not``): `treelstm.executor` runs it only where none of these was changed (the rule is
+in docs/cells.md). The kernels read only tensors and the schedule's level bounds (Python
+ints), never a value on the device, so the loop never waits for a GPU.
 """
 
 from __future__ import annotations
@@ -46,10 +53,18 @@ from torch import Tensor
 
 from ..schedule import Schedule
 from . import build
-from .native_levels import ChildSumNative, NaryNative
+from .native_levels import ChildSumNative, DownNative, NaryNative
+from .torch_down import DownLevels
 from .torch_levels import ChildSumLevels, NaryLevels
 
-__all__ = ["ChildSumKernel", "InputParts", "NaryKernel", "native_available", "set_native"]
+__all__ = [
+    "ChildSumKernel",
+    "InputParts",
+    "NaryKernel",
+    "TopDownKernel",
+    "native_available",
+    "set_native",
+]
 
 
 class InputParts(NamedTuple):
@@ -103,7 +118,42 @@ def _wants_grad(parts: InputParts, U: Tensor) -> bool:
     return any(t is not None and t.requires_grad for t in (*parts, U))
 
 
-class ChildSumKernel:
+class _CellKernel:
+    """What every kernel of the library's cells bypasses or reads (see the module docstring)."""
+
+    #: The cell's methods whose work the kernel does itself (or calls, for input_parts, and
+    #: would mix with the other's): a subclass that redefines one gets the generic path.
+    stands_for = (
+        "__call__",
+        "forward",
+        "project",
+        "input_parts",
+        "_finish",
+        "_expand_forget",
+        "_check_step",
+    )
+
+    @staticmethod
+    def why_not(cell) -> str | None:
+        """Why this instance cannot run on the kernel (None: it can). The kernel reads W and U
+        as plain weights, so a replaced module or a hook on one would be skipped."""
+        for name in ("W", "U"):
+            m = getattr(cell, name, None)
+            if type(m) is not torch.nn.Linear:
+                return f"its {name} is a {type(m).__name__}, not a torch.nn.Linear"
+            if m._forward_hooks or m._forward_pre_hooks:
+                return f"its {name} has forward hooks (the kernel reads {name}.weight directly)"
+        return None
+
+    @staticmethod
+    def platform(x: Tensor | None = None) -> str:
+        """Which implementation a call with input like ``x`` runs (for `explain`)."""
+        if x is None:
+            return "native C on the CPU for float32/float64 when it builds, else PyTorch ops"
+        return "native C" if _native_lib(x) is not None else "PyTorch ops"
+
+
+class ChildSumKernel(_CellKernel):
     """The fused level loop of a Child-Sum cell (see the module docstring)."""
 
     @staticmethod
@@ -120,7 +170,7 @@ class ChildSumKernel:
         return ChildSumLevels.apply(*parts, *args)
 
 
-class NaryKernel:
+class NaryKernel(_CellKernel):
     """The fused level loop of an N-ary cell (see the module docstring)."""
 
     @staticmethod
@@ -142,3 +192,31 @@ class NaryKernel:
         pos = slots.new_full((N + 1,), MK)
         pos.scatter_(0, slots, torch.arange(MK, device=slots.device))
         return NaryNative.apply(*parts, cell.U.weight, pos[:N], *args, lib)
+
+
+class TopDownKernel(_CellKernel):
+    """The fused top-down loop of a Child-Sum cell, or an N-ary cell with ``n_ary=1`` (the same
+    gates for one child): each node's one child slot holds its parent (`torch_down`)."""
+
+    @staticmethod
+    def why_not(cell) -> str | None:
+        if getattr(cell, "n_ary", 1) != 1:
+            return f"n_ary={cell.n_ary}: a top-down step has one child slot (the parent)"
+        return _CellKernel.why_not(cell)
+
+    @staticmethod
+    def run(cell, schedule: Schedule, x: Tensor) -> tuple[Tensor, Tensor]:
+        """h, c [N, H] of every node of `schedule`, in schedule order; x [N, input_size] in
+        schedule order."""
+        lay = schedule.down_layout
+        xd = x.index_select(0, lay.order)
+        parts = cell.input_parts(xd, lay.bounds[1])  # the roots take the place of leaves
+        train = _wants_grad(parts, cell.U.weight)
+        lib = _native_lib(parts.leaf)
+        if lib is None:
+            args = (cell.U.weight, lay.parent, lay.bounds, cell.n_main, train)
+            h, c = DownLevels.apply(*parts, *args)
+        else:
+            args = (cell.U.weight, lay.parent, lay.bounds, cell.n_main, cell.output_gate)
+            h, c = DownNative.apply(*parts, *args, train, lib)
+        return h.index_select(0, lay.pos), c.index_select(0, lay.pos)

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 
 __all__ = ["library", "timing"]
 
-ABI = 3  # bumped with any change of an exported signature (checked after loading)
+ABI = 4  # bumped with any change of an exported signature (checked after loading)
 SOURCES = ("levels.c", "levels_impl.h")
 FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
@@ -47,6 +47,8 @@ SIGNATURES = {
     "cs_backward": [_P] * 17 + [_I, _I, _B],
     "nary_forward": [_P] * 14 + [_I, _I, _I, _B],
     "nary_backward": [_P] * 17 + [_I, _I, _I, _B],
+    "down_forward": [_P] * 13 + [_I, _I, _B],
+    "down_backward": [_P] * 17 + [_I, _I, _B],
 }
 
 _lock = threading.Lock()

@@ -55,7 +55,7 @@ static inline float tanh_f32(float x)
 
 static inline double sigm_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-int treelstm_levels_abi(void) { return 3; }
+int treelstm_levels_abi(void) { return 4; }
 
 typedef void (*gemm_f32_t)(const char *, const char *, const int *, const int *, const int *,
                            const float *, const float *, const int *, const float *,

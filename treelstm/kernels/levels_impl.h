@@ -433,6 +433,76 @@ void FN(nary_backward)(const T *act0, const T *A, const T *ku, const T *kc, cons
     TOC(2);
 }
 
+/* ---------------------------------------------------------------------------- top-down */
+
+/* The one child slot of n rows is their parent: HP, CP [n, H] = h, c of rows parent[j]. */
+static void FN(down_gather)(const T *restrict h, const T *restrict c,
+                            const int64_t *restrict parent, T *restrict HP, T *restrict CP,
+                            int64_t n, int64_t H)
+{
+    PARALLEL_ROWS
+    for (int64_t j = 0; j < n; j++) {
+        memcpy(HP + j * H, h + parent[j] * H, (size_t)H * sizeof(T));
+        memcpy(CP + j * H, c + parent[j] * H, (size_t)H * sizeof(T));
+    }
+}
+
+/* Top-down forward over L depths (rows depth-major, depth 0 = the n0 roots): the N-ary loop
+ * with K = 1, the slot gathered from the parent instead of pushed by a child. act0 [n0, m*H]
+ * the roots' pre-activations; A [M, m*H + H] the other rows' [i, (o), u, f] (in: x part and
+ * biases; out: the factors and f); HP, CP [M, H] filled with the parents' h and c (HP is
+ * kept for dU); KF [M, H], ku, kc [N, H] the factors (NULL: no gradient wanted); fc [M, H]
+ * scratch; c, h [N, H]; UT [H, m*H + H] = U^T; parent [N] positions (roots: unused). */
+void FN(down_forward)(T *act0, T *A, T *HP, T *CP, T *KF, T *fc, T *c, T *h, T *ku, T *kc,
+                      const T *UT, const int64_t *parent, const int64_t *bounds, int64_t L,
+                      int64_t H, int og)
+{
+    TIC;
+    const int64_t nm = og ? 3 * H : 2 * H, lda = nm + H, n0 = bounds[1];
+    FN(nary_fwd)(act0, NULL, NULL, NULL, c, h, ku, kc, NULL, NULL, NULL, n0, 0, H, og);
+    for (int64_t d = 1; d < L; d++) {
+        const int64_t s = bounds[d], n = bounds[d + 1] - s, r = s - n0;
+        FN(down_gather)(h, c, parent + s, HP + r * H, CP + r * H, n, H);
+        FN(gemm)(n, lda, H, HP + r * H, H, UT, lda, (T)1, A + r * lda, lda);
+        FN(nary_fwd)(A + r * lda, CP + r * H, KF ? KF + r * H : NULL, fc + r * H, c + s * H,
+                     h + s * H, ku ? ku + s * H : NULL, kc ? kc + s * H : NULL, NULL, NULL,
+                     NULL, n, 1, H, og);
+    }
+    TOC(2);
+}
+
+/* Top-down backward, deepest first. dH, dC [N, H]: in, the incoming gradients; each depth
+ * adds its rows' shares into their parents' rows (serially: siblings add into one row), so
+ * a depth's rows are complete when it comes. DA [M, m*H + H], DA0 [n0, m*H] the gradients of
+ * the pre-activations; DHP, DCP, dh, dc, dct [widest depth, H] scratch; U [m*H + H, H]. */
+void FN(down_backward)(const T *act0, const T *A, const T *ku, const T *kc, const T *KF,
+                       T *dH, T *dC, T *DA, T *DA0, T *DHP, T *DCP, T *dh, T *dc, T *dct,
+                       const T *U, const int64_t *parent, const int64_t *bounds, int64_t L,
+                       int64_t H, int og)
+{
+    TIC;
+    const int64_t nm = og ? 3 * H : 2 * H, lda = nm + H, n0 = bounds[1];
+    for (int64_t d = L - 1; d >= 1; d--) {
+        const int64_t s = bounds[d], n = bounds[d + 1] - s, r = s - n0;
+        FN(nary_bwd)(A + r * lda, ku + s * H, kc + s * H, KF + r * H, dH + s * H, dC + s * H,
+                     NULL, NULL, NULL, DA + r * lda, DCP, dh, dc, dct, n, 1, H, og);
+        FN(gemm)(n, H, lda, DA + r * lda, lda, U, H, (T)0, DHP, H);
+        for (int64_t j = 0; j < n; j++) {
+            T *restrict ph = dH + parent[s + j] * H;
+            T *restrict pc = dC + parent[s + j] * H;
+            const T *restrict gh = DHP + j * H;
+            const T *restrict gc = DCP + j * H;
+            for (int64_t t = 0; t < H; t++) {
+                ph[t] += gh[t];
+                pc[t] += gc[t];
+            }
+        }
+    }
+    FN(nary_bwd)(act0, ku, kc, NULL, dH, dC, NULL, NULL, NULL, DA0, NULL, dh, dc, dct, n0, 0, H,
+                 og);
+    TOC(2);
+}
+
 #undef FN
 #undef CAT
 #undef CAT_

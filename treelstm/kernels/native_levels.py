@@ -14,6 +14,9 @@ small.
   N-ary      push-forward / pull-backward on `pos` (each node's row among its parent's child
              slots): a node copies its states into its parent's slot as it finishes, so no
              level gathers; backward, a node reads its gradients from that slot.
+  top-down   the N-ary loop with one slot, filled from the parent: per depth, forward: gather
+             the parents' h and c, matmul (U), gates; backward: gates, matmul (U), add each
+             row's share into its parent's gradients.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ChildSumNative", "NaryNative"]
+__all__ = ["ChildSumNative", "DownNative", "NaryNative"]
 
 
 def _fns(lib, dtype):
@@ -177,3 +180,62 @@ class NaryNative(torch.autograd.Function):
         d_b_main = DA0.sum(0) + DA[:, :nm].sum(0)
         d_b_f = DA[:, nm:].sum(0)
         return DA0, d_inner, d_b_main, d_b_f, d_U, None, None, None, None, None, None, None
+
+
+class DownNative(torch.autograd.Function):
+    """leaf, inner, b_main, b_f (`InputParts` of the depth-major rows; "leaves" = the roots),
+    U [(m+1)H, H], parent [N] (positions; roots unused), bounds, n_main, og, train, lib
+    -> h, c [N, H] in depth-major order. See `torch_down.DownLevels`."""
+
+    @staticmethod
+    def forward(ctx, leaf, inner, b_main, b_f, U, parent, bounds, n_main, og, train, lib):
+        N, n0, L = bounds[-1], bounds[1], len(bounds) - 1
+        M = N - n0
+        H = U.shape[1]
+        nm = n_main * H
+        c, h = leaf.new_empty(N, H), leaf.new_empty(N, H)
+        ku, kc = (leaf.new_empty(N, H) if train else None for _ in range(2))
+        KF = leaf.new_empty(M, H) if train else None
+        act0 = torch.add(leaf, b_main)
+        A = leaf.new_empty(M, nm + H)  # [i, (o), u, f] of the rows below the roots
+        if inner is None:
+            A[:, :nm] = b_main
+            A[:, nm:] = b_f
+        else:
+            torch.add(inner[:, :nm], b_main, out=A[:, :nm])
+            A[:, nm:] = inner[:, nm:] + b_f if inner.shape[1] > nm else b_f
+        HP, CP, fc = (leaf.new_empty(M, H) for _ in range(3))  # parents' h, c; scratch
+        # Every tensor C reads is held by a name here until the call returns.
+        U = U.contiguous()
+        UT = U.t().contiguous()
+        ptr = torch.tensor(bounds, dtype=torch.int64)
+        args = (act0, A, HP, CP, KF, fc, c, h, ku, kc, UT, parent, ptr)
+        _fns(lib, leaf.dtype).down_forward(*map(_ptr, args), L, H, og)
+        if train:
+            ctx.save_for_backward(U, parent, act0, A, ku, kc, KF, HP)
+            ctx.meta = (bounds, n_main, og, None if inner is None else inner.shape[1], lib)
+        return h, c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh_out, dc_out):
+        U, parent, act0, A, ku, kc, KF, HP = ctx.saved_tensors
+        bounds, n_main, og, inner_width, lib = ctx.meta
+        N, n0, L = bounds[-1], bounds[1], len(bounds) - 1
+        H = ku.shape[1]
+        nm = n_main * H
+        # C adds the children's shares into these: copies, never the caller's tensors.
+        dH = torch.empty_like(ku).copy_(_grad(dh_out, ku))
+        dC = torch.empty_like(ku).copy_(_grad(dc_out, ku))
+        DA, DA0 = ku.new_empty(N - n0, nm + H), ku.new_empty(n0, nm)
+        w = _widest(bounds)
+        scratch = [ku.new_empty(w, H) for _ in range(5)]  # DHP, DCP, dh, dc, dct
+        ptr = torch.tensor(bounds, dtype=torch.int64)
+        args = (act0, A, ku, kc, KF, dH, dC, DA, DA0, *scratch, U, parent, ptr)
+        _fns(lib, ku.dtype).down_backward(*map(_ptr, args), L, H, og)
+        d_U = DA.t() @ HP
+        d_inner = None
+        if inner_width is not None:
+            d_inner = DA if inner_width > nm else DA[:, :nm]
+        d_b_main = DA0.sum(0) + DA[:, :nm].sum(0)
+        return DA0, d_inner, d_b_main, DA[:, nm:].sum(0), d_U, None, None, None, None, None, None
