@@ -250,7 +250,8 @@ def test_inputs_requiring_grad_get_their_gradients():
 # ----------------------------------------------------------------------------------------
 def _clean_state():
     assert state.active() is None
-    assert nn.Module.__call__ is state._original_call
+    assert nn.Module._call_impl is state._original_impl
+    assert nn.Module.__call__ is nn.Module._wrapped_call_impl  # never touched
     assert gc.isenabled()
     assert torch.is_grad_enabled()
 

@@ -318,7 +318,7 @@ class Run:
                 self.names.setdefault(id(p), f"{type(module).__name__}.{n}")
         rule = entry[1]
         if rule is None:
-            return state._original_call(module, *args, **kwargs)
+            return state.call_module(module, args, kwargs)
         return self.record(module, rule, args, kwargs, module.training)
 
     def function_call(self, func, args, kwargs):
@@ -705,7 +705,7 @@ class Run:
         a, kw = rebuild(site.spec, vals)
         try:
             if isinstance(site.fn, torch.nn.Module):
-                out = state._original_call(site.fn, *a, **kw)
+                out = state.call_module(site.fn, a, kw)
             else:
                 out = site.fn(*a, **kw)
             return flatten_out(out)
@@ -815,7 +815,7 @@ _PYTHON = {bool: bool, float: float, int: int, Tensor.item: lambda x: x, Tensor.
 def _call_now(fn, spec, vals):
     a, k = rebuild(spec, vals)
     if isinstance(fn, torch.nn.Module):
-        return state._original_call(fn, *a, **k)
+        return state.call_module(fn, a, k)
     return fn(*a, **k)
 
 
