@@ -40,8 +40,8 @@ from torch import Tensor
 from . import state
 from .fused import Fuser, Group, site_key
 from .gather import FLAT, STACK
-from .lanes import Split, group_example, lane_groups, member_results, stored_group
-from .rules import VMAP, VMAP_RULE, Cat0, function_rule, module_rule
+from .lanes import INPUT, Split, group_example, lane_groups, member_results, row_views, stored_group
+from .rules import ELEMENTWISE, VMAP, VMAP_RULE, Cat0, function_rule, module_rule
 from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
 from .values import (
     _IMMUTABLE,
@@ -150,6 +150,7 @@ class Run:
         self.fuser = Fuser(self) if fused else None
         self.lanes = lanes
         self.current = None  # index of the task running now (None: the scheduler)
+        self.live = 0  # tasks started and neither finished nor abandoned
         self.count = 1  # how many examples the running task stands for
         self.pending: list = []
         self.done: list = []
@@ -157,7 +158,16 @@ class Run:
         self.tmeta: dict = {}
         self.units: dict = {}
         self.eager: dict = {}  # signature -> why its batches run one call at a time
-        self.names: dict = {}  # id(parameter) -> "Module.name", for check mode's messages
+        self.modules: list = []  # every module called, for check mode's parameter names
+
+    def names(self) -> dict:
+        """id(parameter) -> "Module.name" of the modules the examples called (check mode's
+        messages name a parameter whose gradient differs)."""
+        out: dict = {}
+        for module in self.modules:
+            for n, p in module.named_parameters():
+                out.setdefault(id(p), f"{type(module).__name__}.{n}")
+        return out
 
     # ------------------------------------------------------------------------------------
     # Driving the examples
@@ -171,10 +181,14 @@ class Run:
         with state.activated(self):
             try:
                 self.main = greenlet.getcurrent()
-                for members in (
-                    lane_groups(self.examples) if self.lanes else ([i] for i in range(n))
-                ):
-                    self._new_task(members)
+                rows = row_views(self.examples) if self.lanes and n > 1 else None
+                if rows is not None:  # rows of one data tensor: one group, no stacking
+                    self._new_task(list(range(n)), rows)
+                else:
+                    for members in (
+                        lane_groups(self.examples) if self.lanes else ([i] for i in range(n))
+                    ):
+                        self._new_task(members)
                 self.runnable = list(range(len(self.tasks)))
                 while self.runnable:
                     i = 0
@@ -191,14 +205,17 @@ class Run:
             finally:
                 self._teardown()
 
-    def _new_task(self, members: list) -> int:
-        """A greenlet for one example, or for a lane group of alike examples."""
-        ex = (
-            self.examples[members[0]]
-            if len(members) == 1
-            else group_example(self.examples, members)
-        )
+    def _new_task(self, members: list, ex=None) -> int:
+        """A greenlet for one example, or for a lane group of alike examples (`ex`: the
+        group's example if it is already made)."""
+        if ex is None:
+            ex = (
+                self.examples[members[0]]
+                if len(members) == 1
+                else group_example(self.examples, members)
+            )
         self.tasks.append(greenlet(partial(self.fn, ex)))
+        self.live += 1
         self.members.append(members)
         self.grad.append(_grad_enabled())
         if self.profile is not None and len(members) > 1:
@@ -230,8 +247,10 @@ class Run:
             if self.grad[t] != outer:
                 torch.set_grad_enabled(outer)
         if type(out) is Split:
+            self.live -= 1
             self._split(t, out)
         elif task.dead:
+            self.live -= 1
             self.finished.append((t, out))
 
     def _split(self, t: int, split: Split) -> None:
@@ -314,8 +333,7 @@ class Run:
         entry = self.units.get(id(module))
         if entry is None or entry[0] is not module:
             entry = self.units[id(module)] = (module, module_rule(module, self.rowwise))
-            for n, p in module.named_parameters():
-                self.names.setdefault(id(p), f"{type(module).__name__}.{n}")
+            self.modules.append(module)
         rule = entry[1]
         if rule is None:
             return state.call_module(module, args, kwargs)
@@ -348,6 +366,8 @@ class Run:
         if type(found) is str:
             return self.alone(fn, args, kwargs, found)
         site, leaves = found
+        if self.count != 1 and self.live == 1 and not self.pending:
+            return self._direct(site, leaves)
         node = Node()
         node.site = site
         node.leaves = leaves
@@ -372,6 +392,32 @@ class Run:
             self.fuser.classify(node, site.fuse)
         if prof is not None:
             prof.record_s += time.perf_counter() - t0
+        single = site.single
+        if single is True:
+            return outs[0]
+        if single is False:
+            return tuple(outs)
+        return unflatten_out(site.ospec, outs)
+
+    def _direct(self, site: Site, leaves):
+        """A lone lane group's call, run at once: no other task is alive and nothing is
+        pending, so no call could join its batch, and its G examples already make one (no
+        node kept, no pause, no greenlet switch)."""
+        node = Node()
+        node.site = site
+        node.leaves = leaves
+        node.example = self.current
+        node.count = self.count
+        node.outs = None
+        t = self.current
+        self.current = None  # the batched call itself is not recorded
+        try:
+            self._execute([node])
+        finally:
+            self.current = t
+        outs = node.outs
+        for lz in outs:
+            lz.node = INPUT  # computed: nothing links to the node (no cycle to break)
         single = site.single
         if single is True:
             return outs[0]
@@ -428,6 +474,10 @@ class Run:
         mode, rows, keys, skey = plan
         if mode == VMAP or ("lanes" in key and isinstance(rule, Cat0)):
             rule, mode, keys, skey = VMAP_RULE, STACK, tuple(metas), None
+        elif mode == FLAT and "lanes" in key and rule is ELEMENTWISE:
+            # A lane group's values are stored [G, *shape]: stacked, an elementwise op needs
+            # no reshape (a view and an autograd node each way) of every argument
+            mode, rows, keys = STACK, None, tuple(metas)
         site = Site()
         site.fn, site.rule, site.spec, site.metas, site.mode, site.rows = (
             fn,

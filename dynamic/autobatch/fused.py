@@ -73,7 +73,7 @@ class Fuser:
     def __init__(self, run) -> None:
         from treelstm import ChildSumCell, NaryCell  # dynamic may import treelstm
 
-        self.owner = run
+        self.profile = run.profile  # (not the run itself: no cycle, the run dies by refcount)
         self.cells = (ChildSumCell, NaryCell)
         self.nary = NaryCell
         self.masks: dict = {}
@@ -183,7 +183,7 @@ class Fuser:
             oc.src = c
             oc.lo = s
         g.done = True
-        prof = self.owner.profile
+        prof = self.profile
         if prof is not None:
             prof.add_fused(g, len(order), schedule.num_levels, time.perf_counter() - t0)
 

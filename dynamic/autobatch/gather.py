@@ -120,10 +120,13 @@ def _piece(v, count: int, layout: str) -> Tensor:
         return op(cols, dim + 1 if layout == STACK else dim)
     if v.parts is not None:
         v = resolve(v)
+    src = v.src
     if v.rows is None:  # `count` consecutive rows, one per example
-        part = v.src.narrow(0, v.lo, count)
+        part = src if v.lo == 0 and src.shape[0] == count else src.narrow(0, v.lo, count)
         return part if layout == STACK else part.reshape(-1, *part.shape[2:])
-    part = v.src.narrow(0, v.lo, count * v.rows)
+    n = count * v.rows
+    # The whole result (a lone group's): no view, no autograd node (its backward would copy)
+    part = src if v.lo == 0 and src.shape[0] == n else src.narrow(0, v.lo, n)
     return part if layout == FLAT else part.reshape(count, v.rows, *part.shape[1:])
 
 

@@ -204,9 +204,11 @@ class Lazy:
             op, dim, parts = self.parts
             vals = [p.value() if type(p) is Lazy else p.expand(n, *p.shape) for p in parts]
             return op(vals, dim + 1)
+        src = self.src
         if self.rows is None:
-            return self.src.narrow(0, self.lo, n)
-        part = self.src.narrow(0, self.lo, n * self.rows)
+            return src if self.lo == 0 and src.shape[0] == n else src.narrow(0, self.lo, n)
+        m = n * self.rows
+        part = src if self.lo == 0 and src.shape[0] == m else src.narrow(0, self.lo, m)
         return part.reshape(n, self.rows, *part.shape[1:])
 
 
