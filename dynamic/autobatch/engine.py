@@ -106,7 +106,6 @@ class Node:
         "example",
         "count",
         "group",
-        "kids",
         "fparent",
         "height",
         "slot",
@@ -146,14 +145,16 @@ class Run:
         self.outinfo = cache.setdefault("outinfo", {})  # signature -> outputs' structure
         self.sites = cache.setdefault("sites", {})
         self.composites = cache.setdefault("composites", {})
+        self.cell_sites = cache.setdefault("cell_sites", {})  # (cell, 4 metas, modes) -> site
         self.profile = profile
         self.fuser = Fuser(self) if fused else None
         self.lanes = lanes
         self.current = None  # index of the task running now (None: the scheduler)
         self.live = 0  # tasks started and neither finished nor abandoned
         self.count = 1  # how many examples the running task stands for
-        self.pending: list = []
+        self.pending: list = []  # recorded nodes not yet run (a fused group holds its members)
         self.done: list = []
+        self.dissolved: list = []  # members of groups turned back into ordinary nodes
         self.blocked: list = []
         self.tmeta: dict = {}
         self.units: dict = {}
@@ -313,15 +314,19 @@ class Run:
         # links, so the whole recorded graph is freed by reference counting right here: the
         # collector is resumed next, and a young generation of ~10^5 live objects would cost
         # it ~20 ms to scan (measured).
-        for node in self.done:
-            node.users = node.outs = node.leaves = node.group = node.kids = node.fparent = None
-        for node in self.pending:
-            node.users = node.outs = node.leaves = node.group = node.kids = node.fparent = None
+        for nodes in (self.done, self.pending, self.dissolved):
+            for node in nodes:
+                node.users = node.outs = node.leaves = node.group = None
+        if self.fuser is not None:  # members: their group holds every link they have
+            for g in self.fuser.groups:
+                g.clear()
+            self.fuser.groups = []
+            self.fuser.open = {}
         self.finished = []
         for task in getattr(self, "tasks", ()):
             if task and not task.dead:
                 _kill(task)
-        self.pending = self.done = self.tasks = []
+        self.pending = self.done = self.tasks = self.dissolved = []
         self.tmeta.clear()
         self.units.clear()
 
@@ -332,11 +337,15 @@ class Run:
         """nn.Module.__call__ inside an example: one node, or the forward traced op by op."""
         entry = self.units.get(id(module))
         if entry is None or entry[0] is not module:
-            entry = self.units[id(module)] = (module, module_rule(module, self.rowwise))
+            rule = module_rule(module, self.rowwise)
+            cell = self.fuser is not None and self.fuser.fusable(module)
+            entry = self.units[id(module)] = (module, rule, cell)
             self.modules.append(module)
         rule = entry[1]
         if rule is None:
             return state.call_module(module, args, kwargs)
+        if entry[2] and self.count == 1 and not kwargs and len(args) == 4:
+            return self.cell_call(module, rule, args)
         return self.record(module, rule, args, kwargs, module.training)
 
     def function_call(self, func, args, kwargs):
@@ -366,8 +375,17 @@ class Run:
         if type(found) is str:
             return self.alone(fn, args, kwargs, found)
         site, leaves = found
-        if self.count != 1 and self.live == 1 and not self.pending:
+        if self.count != 1 and self.live == 1 and not self.pending and not self._open_groups():
             return self._direct(site, leaves)
+        if prof is not None:
+            prof.record_s += time.perf_counter() - t0
+        return self._record_at(site, leaves)
+
+    def _record_at(self, site: Site, leaves):
+        """A node for a call at a known site; its lazy outputs (pauses to learn them the first
+        time its signature is seen)."""
+        prof = self.profile
+        t0 = time.perf_counter() if prof is not None else 0.0
         node = Node()
         node.site = site
         node.leaves = leaves
@@ -388,8 +406,6 @@ class Run:
             outs = node.outs = [Lazy(node, j, m) for j, m in enumerate(site.outs)]
         else:
             outs = node.outs = [Lazy(node, j, m, count) for j, m in enumerate(site.outs)]
-        if site.fuse is not None and self.fuser is not None:
-            self.fuser.classify(node, site.fuse)
         if prof is not None:
             prof.record_s += time.perf_counter() - t0
         single = site.single
@@ -398,6 +414,51 @@ class Run:
         if single is False:
             return tuple(outs)
         return unflatten_out(site.ospec, outs)
+
+    def _open_groups(self) -> bool:
+        return self.fuser is not None and bool(self.fuser.open)
+
+    def cell_call(self, module, rule, args):
+        """A library cell called with (x, child_h, child_c, mask): a member of the cell's
+        fused group if it is fusable (see fused.py), else an ordinary call."""
+        x, ch, cc, mask = args
+        # The site by the four arguments' metas (the hot path of a tree: no generic key)
+        tm = self.tmeta
+        metas = []
+        for a in args:
+            if type(a) is Lazy:
+                metas.append(a.meta)
+            else:
+                e = tm.get(id(a))
+                metas.append(e[1] if e is not None and e[0] is a else self.meta(a))
+        skey = (module, *metas, _grad_enabled(), module.training)
+        site = self.cell_sites.get(skey)
+        if site is None:
+            found = self._site_of(module, rule, args, None, module.training)
+            if type(found) is str:
+                return self.alone(module, args, {}, found)
+            site = found[0]
+            if site.outs is not None:  # (a site learns its outputs once; then it is final)
+                self.cell_sites[skey] = site
+        key = site.fuse
+        if key is None or site.outs is None:
+            return self._record_at(site, args)
+        kids = self.fuser.kids_of(key, ch, cc, mask)
+        if kids is None:
+            return self._record_at(site, args)
+        node = Node()
+        node.site = site
+        node.leaves = args
+        node.example = self.current
+        node.count = 1
+        node.users = node.outs = node.group = None
+        # x only is linked: the children come from inside the group
+        if type(x) is not Lazy:
+            node.depth = 1
+            node.waiting = 0
+        else:
+            self._link(node, (x,))
+        return self.fuser.add(node, key, kids)
 
     def _direct(self, site: Site, leaves):
         """A lone lane group's call, run at once: no other task is alive and nothing is
@@ -522,8 +583,14 @@ class Run:
                 if p.depth > depth:
                     depth = p.depth
                 if x.src is None:
-                    p.users.append(node)
-                    waiting += 1
+                    g = p.group
+                    if g is None:
+                        p.users.append(node)
+                        waiting += 1
+                    elif g.last is not node:  # a fused member's output: wait on its group once
+                        g.last = node
+                        g.users.append(node)
+                        waiting += 1
                 continue
             d, w = self._link_nested(node, x)  # a composite's or alias's parts
             depth = d if d > depth else depth
@@ -543,8 +610,14 @@ class Run:
                 if p.depth > depth:
                     depth = p.depth
                 if b.src is None:
-                    p.users.append(node)
-                    waiting += 1
+                    g = p.group
+                    if g is None:
+                        p.users.append(node)
+                        waiting += 1
+                    elif g.last is not node:
+                        g.last = node
+                        g.users.append(node)
+                        waiting += 1
         return depth, waiting
 
     def _composite(self, func, args, kwargs):
@@ -554,8 +627,24 @@ class Run:
         if n == 0 or n > 2 or (kwargs and (len(kwargs) > 1 or "dim" not in kwargs)):
             return None
         parts = args[0]
-        if type(parts) is not list and type(parts) is not tuple:
+        if type(parts) is not list and type(parts) is not tuple or not parts:
             return None
+        dim = args[1] if n == 2 else kwargs.get("dim", 0)
+        m0 = parts[0].meta if type(parts[0]) is Lazy else None
+        for p in parts:  # the common case: lazy parts of one meta (a node's children)
+            if type(p) is not Lazy or p.meta is not m0:
+                break
+        else:
+            key = (func, dim, m0, len(parts))
+            entry = self.composites.get(key)
+            if entry is None:
+                metas = (m0,) * len(parts)
+                entry = self.composites[key] = _composite_shape(func in _STACK, dim, metas)
+            if entry is False:
+                return None
+            out = Lazy(None, 0, entry[1], self.count)
+            out.parts = (entry[0], entry[2], tuple(parts))
+            return out
         metas = []
         for p in parts:
             if type(p) is Lazy:
@@ -564,9 +653,7 @@ class Run:
                 metas.append(self.meta(p))
             else:
                 return None
-        if not metas:
-            return None
-        key = (func, args[1] if n == 2 else kwargs.get("dim", 0), tuple(metas))
+        key = (func, dim, tuple(metas))
         entry = self.composites.get(key)
         if entry is None:
             entry = self.composites[key] = _composite_shape(func in _STACK, key[1], key[2])
@@ -575,6 +662,33 @@ class Run:
         out = Lazy(None, 0, entry[1], self.count)
         out.parts = (entry[0], entry[2], tuple(parts))
         return out
+
+    def row_alias(self, x: Lazy, arg):
+        """``x[j]`` / ``x[a:b]`` (step 1, not empty) of a lazy x as an alias, or None."""
+        if self.count != 1:
+            return None
+        m = x.meta
+        t = type(arg)
+        if t is slice:
+            n = m.rows
+            if n is None or (arg.step is not None and arg.step != 1):
+                return None
+            a, b = arg.start, arg.stop
+            if type(a) is not int or type(b) is not int or not 0 <= a < b <= n:
+                a, b, _ = arg.indices(n)
+                if b <= a:
+                    return None
+            out = Lazy(None, 0, m.with_rows(b - a))
+            out.parts = (alias_rows, (a, b), (x,))
+            return out
+        if t is int and m.rows is not None:
+            j = arg + m.rows if arg < 0 else arg
+            if not 0 <= j < m.rows:
+                return None
+            out = Lazy(None, 0, m.tail)
+            out.parts = (alias_row, j, (x,))
+            return out
+        return None
 
     def _alias(self, func, args, kwargs):
         """x[j], x[a:b], x.squeeze(0), x.unsqueeze(0) of a lazy x: an alias (see values.py)."""
@@ -631,15 +745,12 @@ class Run:
     # ------------------------------------------------------------------------------------
     def _flush(self) -> None:
         nodes = self.pending
-        if not nodes:
+        if not nodes and not self._open_groups():
             return
         self.pending = []
         prof = self.profile
         t0 = time.perf_counter()
-        if self.fuser is not None:
-            units = [n for n in nodes if n.group is None] + self.fuser.take_groups()
-        else:
-            units = nodes
+        units = nodes + self.fuser.take_groups() if self.fuser is not None else nodes
         self._schedule(units)
         self.done.extend(nodes)
         if prof is not None:
@@ -668,7 +779,12 @@ class Run:
                 _release(batch, ready, agenda)
             if left == 0:
                 return
-            left += self.fuser.dissolve(units, ready, agenda)  # a fused group waited on itself
+            # a fused group waited on itself: its members become ordinary calls
+            left += self.fuser.dissolve(units, ready, agenda, self.dissolved)
+            if agenda:
+                prio = _agenda_priorities(
+                    [u for u in units if type(u) is not Group] + self.dissolved
+                )
 
     def _execute(self, batch: list) -> None:
         b0 = batch[0]
@@ -821,11 +937,7 @@ def _checked_info(info, batch, outs, ospec, layouts):
 def _release(batch: list, ready: dict, agenda: bool) -> None:
     """Count down the users of a finished batch; users with no inputs left become ready."""
     for u in batch:
-        if type(u) is Group:
-            users = [v for m in u.members for v in m.users if v.group is not u]
-        else:
-            users = u.users
-        for v in users:
+        for v in u.users:
             v.waiting -= 1
             if v.waiting == 0:
                 g = v.group
@@ -843,18 +955,16 @@ def _release(batch: list, ready: dict, agenda: bool) -> None:
 
 
 def _agenda_priorities(units: list) -> dict:
-    """Average depth of each signature's pending calls (fused groups' members included)."""
+    """Average depth of each signature's pending calls (a fused group: its own depth)."""
     tot: dict = {}
     for u in units:
-        for x in u.members if type(u) is Group else (u,):
-            s = tot.get(x.site.sig)
-            if s is None:
-                tot[x.site.sig] = [x.depth, 1]
-            else:
-                s[0] += x.depth
-                s[1] += 1
-        if type(u) is Group:
-            tot[u.site.sig] = [u.depth, 1]
+        sig = u.site.sig
+        s = tot.get(sig)
+        if s is None:
+            tot[sig] = [u.depth, 1]
+        else:
+            s[0] += u.depth
+            s[1] += 1
     return {s: v[0] / v[1] for s, v in tot.items()}
 
 

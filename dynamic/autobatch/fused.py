@@ -26,7 +26,7 @@ import weakref
 import numpy as np
 import torch
 
-from .gather import FLAT, gather
+from .gather import FLAT, gather_rows
 from .spec import LEAF
 from .values import Lazy
 
@@ -40,10 +40,18 @@ class _GroupSite:
 
 
 class Group:
-    """All fusable calls of one cell in one flush, scheduled as one unit."""
+    """All fusable calls of one cell in one flush, scheduled as one unit.
+
+    Members are `Node`s that are never in the run's pending list: the group holds them, their
+    outputs (`hs`, `cs`, in record order) and the forest's shape (heights, children's slots).
+    Consumers of member outputs wait on the group (one link per consumer, `users`), not on
+    each member, so a tree's calls cost no producer -> consumer links inside the tree.
+    """
 
     __slots__ = (
         "members",
+        "hs",
+        "cs",
         "heights",
         "kid_slots",
         "nkids",
@@ -53,10 +61,14 @@ class Group:
         "waiting",
         "group",
         "done",
+        "users",
+        "last",
     )
 
     def __init__(self, key, depth: int) -> None:
         self.members: list = []
+        self.hs: list = []
+        self.cs: list = []
         self.heights: list = []
         self.kid_slots: list = []
         self.nkids: list = []
@@ -67,6 +79,17 @@ class Group:
         self.waiting = 0
         self.group = None
         self.done = False
+        self.users: list = []
+        self.last = None  # the consumer linked last (a consumer links once per group)
+
+    def clear(self) -> None:
+        """Drop every reference (the run's teardown: no cycle is left for the collector, and
+        a value the user's code still holds keeps its node, not the graph behind it)."""
+        for m in self.members:
+            m.leaves = None
+        for lst in (self.members, self.hs, self.cs, self.users):
+            lst.clear()
+        self.last = None
 
 
 class Fuser:
@@ -78,8 +101,13 @@ class Fuser:
         self.nary = NaryCell
         self.masks: dict = {}
         self.open: dict = {}  # group key -> Group being recorded
+        self.groups: list = []  # every group of the run (cleared at teardown)
 
     # -- record time ---------------------------------------------------------------------
+    def fusable(self, module) -> bool:
+        """Is `module` one of the library's cells (its calls may join a fused group)?"""
+        return type(module) in self.cells
+
     def _mask_kind(self, mask) -> str | None:
         e = self.masks.get(id(mask))
         if e is None or e[0] is not mask:
@@ -94,44 +122,57 @@ class Fuser:
             e = self.masks[id(mask)] = (mask, kind)
         return e[1]
 
-    def classify(self, node, key) -> None:
-        """Add a recorded cell call to its cell's group if it is fusable."""
-        x, ch, cc, mask = node.leaves
+    def kids_of(self, key, ch, cc, mask):
+        """The children (pending members) of a cell call with these arguments if it is
+        fusable: () for a leaf, a list for an internal node; else None."""
         if type(mask) is Lazy:
-            return
+            return None
         kind = self._mask_kind(mask)
-        fn = key.cell
-        g = self.open.get(key)
         if kind == "leaf":
-            if type(ch) is Lazy or type(cc) is Lazy:
-                return
-            kids = ()
-            height = 0
-        elif kind == "full" and g is not None:
-            kids = _kids(ch, cc, g)
-            if kids is None or (type(fn) is self.nary and len(kids) != fn.n_ary):
-                return
-            height = 1 + max([k.height for k in kids])
-        else:
-            return
-        if g is None:
-            g = self.open[key] = Group(key, node.depth)
+            return None if type(ch) is Lazy or type(cc) is Lazy else ()
+        g = self.open.get(key)
+        if kind != "full" or g is None:
+            return None
+        kids = _kids(ch, cc, g)
+        if kids is None or (type(key.cell) is self.nary and len(kids) != key.cell.n_ary):
+            return None
+        return kids
+
+    def add(self, node, key, kids):
+        """Make the recorded cell call `node` (site, leaves set; x linked, so its depth and
+        waiting count x only) a member of its cell's group; return its (h, c)."""
+        height = 0
+        depth = node.depth
         for k in kids:
-            k.fparent = node
-        node.kids = kids
-        node.height = height
-        node.fparent = None
+            k.fparent = True
+            if k.height > height:
+                height = k.height
+            if k.depth >= depth:
+                depth = k.depth + 1
+        node.depth = depth
+        g = self.open.get(key)
+        if g is None:
+            g = self.open[key] = Group(key, depth)
+            self.groups.append(g)
+        elif depth < g.depth:
+            g.depth = depth
+        node.height = height + 1 if kids else 0
+        node.fparent = False
         node.group = g
         node.slot = len(g.members)
-        node.waiting -= 2 * len(kids)  # the children's h and c come from inside the group
         if node.waiting:
             g.waiting += 1
-        if node.depth < g.depth:
-            g.depth = node.depth
         g.members.append(node)
-        g.heights.append(height)
+        g.heights.append(node.height)
         g.nkids.append(len(kids))
-        g.kid_slots.extend([k.slot for k in kids])
+        for k in kids:
+            g.kid_slots.append(k.slot)
+        mh, mc = node.site.outs
+        h = Lazy(node, 0, mh)
+        c = Lazy(node, 1, mc)
+        g.hs.append(h)
+        g.cs.append(c)
+        return h, c
 
     # -- flush time ----------------------------------------------------------------------
     def take_groups(self) -> list:
@@ -140,21 +181,33 @@ class Fuser:
         self.open = {}
         return groups
 
-    def dissolve(self, units: list, ready: dict, agenda: bool) -> int:
-        """Turn every group not yet run back into ordinary nodes; return the unit delta."""
+    def dissolve(self, units: list, ready: dict, agenda: bool, dissolved: list) -> int:
+        """Turn every group not yet run back into ordinary nodes (appended to `dissolved`);
+        return the unit delta. Members get the links they skipped (to their children inside
+        the group), and the consumers linked to the group are linked to the members they read
+        instead (one link per value read, as ordinary nodes have)."""
         delta = 0
         for g in units:
             if type(g) is not Group or g.done:
                 continue
             g.done = True
             delta += len(g.members) - 1
+            for m, h, c in zip(g.members, g.hs, g.cs, strict=True):
+                m.outs = [h, c]
+                m.users = []
+            for u in g.users:
+                u.waiting -= 1
+            for m in g.members:
+                m.waiting += _reads(m, g)
+            for u in g.users:
+                if u.group is not g:
+                    u.waiting += _reads(u, g)  # >= 1: it waited on g, so it reads a member
             for m in g.members:
                 m.group = None
-                m.waiting = sum(
-                    1 for x in m.leaves if type(x) is Lazy for b in _bases(x) if b.src is None
-                )
+                dissolved.append(m)
                 if m.waiting == 0:
                     ready.setdefault(m.site.sig if agenda else (m.depth, m.site.sig), []).append(m)
+            g.users = []
         if delta == 0 and not ready:
             raise RuntimeError("autobatch: scheduling deadlock (please report)")
         return delta
@@ -165,9 +218,9 @@ class Fuser:
 
         t0 = time.perf_counter()
         cell = g.key.cell
-        perm, schedule = _schedule(g, cell, self.nary)
-        order = [g.members[f] for f in perm.tolist()]
-        x = gather([m.leaves[0] for m in order], FLAT)
+        perm, rank, schedule = _schedule(g, cell, self.nary)
+        members = g.members
+        x = gather_rows([members[f].leaves[0] for f in perm.tolist()])
         outer = torch.is_grad_enabled()
         if g.key.grad != outer:
             torch.set_grad_enabled(g.key.grad)
@@ -176,16 +229,30 @@ class Fuser:
         finally:
             if g.key.grad != outer:
                 torch.set_grad_enabled(outer)
-        for s, m in enumerate(order):
-            oh, oc = m.outs
-            oh.src = h
-            oh.lo = s
-            oc.src = c
-            oc.lo = s
+        rows = rank.tolist()  # member (record order) -> its row of h and c
+        for lz, r in zip(g.hs, rows, strict=True):
+            lz.src = h
+            lz.lo = r
+        for lz, r in zip(g.cs, rows, strict=True):
+            lz.src = c
+            lz.lo = r
         g.done = True
         prof = self.profile
         if prof is not None:
-            prof.add_fused(g, len(order), schedule.num_levels, time.perf_counter() - t0)
+            prof.add_fused(g, len(members), schedule.num_levels, time.perf_counter() - t0)
+
+
+def _reads(node, g) -> int:
+    """Link `node` to the members of `g` whose outputs it reads (still pending); how many."""
+    n = 0
+    for x in node.leaves:
+        if type(x) is not Lazy:
+            continue
+        for b in _bases(x):
+            if b.src is None and b.node.group is g:
+                b.node.users.append(node)
+                n += 1
+    return n
 
 
 def site_key(site):
@@ -233,7 +300,7 @@ def _kids(ch, cc, g):
         k = h.node
         if c.node is not k or h.out != 0 or c.out != 1 or h.src is not None:
             return None
-        if k.group is not g or k.fparent is not None or k in kids:
+        if k.group is not g or k.fparent or k in kids:
             return None
         kids.append(k)
     return kids
@@ -248,7 +315,8 @@ def _bases(x: Lazy):
 def _schedule(g: Group, cell, nary_type):
     """Level-major numbering (level = height) of the group's forest, as a `Schedule`.
 
-    Returns (perm, schedule): perm[s] is the member index (record order) of schedule row s.
+    Returns (perm, rank, schedule): perm[s] is the member index (record order) of schedule
+    row s, rank[i] the schedule row of member i.
     """
     from treelstm import Schedule
 
@@ -301,4 +369,4 @@ def _schedule(g: Group, cell, nary_type):
         level_bounds=tuple(ptr.tolist()),
         tree_sizes=tuple(sizes.tolist()),
     )
-    return perm, schedule
+    return perm, slot, schedule

@@ -36,7 +36,17 @@ class Meta:
     whose arguments agree in tails but not in row counts can still run as one batch.
     """
 
-    __slots__ = ("shape", "dtype", "device", "tail", "rows", "__weakref__")
+    __slots__ = ("shape", "dtype", "device", "tail", "rows", "resized", "__weakref__")
+
+    def with_rows(self, n: int) -> Meta:
+        """This meta with `n` rows (interned; remembered here: aliases ask for it often)."""
+        r = self.resized
+        if r is None:
+            r = self.resized = {}
+        m = r.get(n)
+        if m is None:
+            m = r[n] = meta_of((n, *self.shape[1:]), self.dtype, self.device)
+        return m
 
     def __repr__(self) -> str:
         dims = "x".join(str(d) for d in self.shape) or "scalar"
@@ -56,6 +66,7 @@ def meta_of(shape: tuple, dtype, device) -> Meta:
         m.dtype = dtype
         m.device = device
         m.rows = shape[0] if shape else None
+        m.resized = None
         m.tail = meta_of(shape[1:], dtype, device) if shape else None
         _metas[key] = m
     return m
@@ -300,4 +311,12 @@ for _name, _func in {
     "invert": operator.invert,
 }.items():
     setattr(Lazy, f"__{_name}__", _unary(_func))
-Lazy.__getitem__ = _binary(operator.getitem)
+
+
+def _getitem(self, key):
+    run = _run()
+    out = run.row_alias(self, key)  # x[j], x[a:b]: no call (the common case, made fast)
+    return out if out is not None else run.function_call(operator.getitem, (self, key), {})
+
+
+Lazy.__getitem__ = _getitem
