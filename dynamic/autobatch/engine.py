@@ -39,6 +39,7 @@ from torch import Tensor
 
 from . import state
 from .fused import Fuser, Group, site_key
+from .nodes import Node, Site
 from .gather import FLAT, STACK
 from .lanes import INPUT, Split, group_example, lane_groups, member_results, row_views, stored_group
 from .rules import ELEMENTWISE, VMAP, VMAP_RULE, Cat0, function_rule, module_rule
@@ -72,44 +73,6 @@ class AutobatchError(RuntimeError):
     def __init__(self, message: str, example: int | None = None) -> None:
         super().__init__(message)
         self.example = example
-
-
-class Site:
-    """What every call with the same function, argument structure, per-example shapes and
-    grad mode shares: its rule, layout, signature and output shapes."""
-
-    __slots__ = (
-        "fn",
-        "rule",
-        "spec",
-        "metas",
-        "mode",
-        "rows",
-        "sig",
-        "ospec",
-        "outs",
-        "single",
-        "fuse",
-    )
-
-
-class Node:
-    """One recorded call of one example."""
-
-    __slots__ = (
-        "site",
-        "leaves",
-        "outs",
-        "users",
-        "waiting",
-        "depth",
-        "example",
-        "count",
-        "group",
-        "fparent",
-        "height",
-        "slot",
-    )
 
 
 def _where(exc: BaseException) -> str:
@@ -341,11 +304,11 @@ class Run:
             cell = self.fuser is not None and self.fuser.fusable(module)
             entry = self.units[id(module)] = (module, rule, cell)
             self.modules.append(module)
+        if entry[2] and not kwargs and len(args) == 4 and self.count == 1:
+            return self.cell_call(module, entry[1], args)
         rule = entry[1]
         if rule is None:
             return state.call_module(module, args, kwargs)
-        if entry[2] and self.count == 1 and not kwargs and len(args) == 4:
-            return self.cell_call(module, rule, args)
         return self.record(module, rule, args, kwargs, module.training)
 
     def function_call(self, func, args, kwargs):
@@ -421,7 +384,6 @@ class Run:
     def cell_call(self, module, rule, args):
         """A library cell called with (x, child_h, child_c, mask): a member of the cell's
         fused group if it is fusable (see fused.py), else an ordinary call."""
-        x, ch, cc, mask = args
         # The site by the four arguments' metas (the hot path of a tree: no generic key)
         tm = self.tmeta
         metas = []
@@ -441,24 +403,11 @@ class Run:
             if site.outs is not None:  # (a site learns its outputs once; then it is final)
                 self.cell_sites[skey] = site
         key = site.fuse
-        if key is None or site.outs is None:
-            return self._record_at(site, args)
-        kids = self.fuser.kids_of(key, ch, cc, mask)
-        if kids is None:
-            return self._record_at(site, args)
-        node = Node()
-        node.site = site
-        node.leaves = args
-        node.example = self.current
-        node.count = 1
-        node.users = node.outs = node.group = None
-        # x only is linked: the children come from inside the group
-        if type(x) is not Lazy:
-            node.depth = 1
-            node.waiting = 0
-        else:
-            self._link(node, (x,))
-        return self.fuser.add(node, key, kids)
+        if key is not None and site.outs is not None:
+            out = self.fuser.join(self, site, key, args)
+            if out is not None:
+                return out
+        return self._record_at(site, args)
 
     def _direct(self, site: Site, leaves):
         """A lone lane group's call, run at once: no other task is alive and nothing is
@@ -619,6 +568,28 @@ class Run:
                         g.users.append(node)
                         waiting += 1
         return depth, waiting
+
+    def compose(self, func, parts, dim):
+        """``func(parts, dim)`` (torch.stack / torch.cat) of lazy parts of ONE meta: the
+        composite, or None (the general `_composite` decides)."""
+        if type(parts) is not list or not parts:
+            return None
+        p0 = parts[0]
+        if type(p0) is not Lazy:
+            return None
+        m0 = p0.meta
+        for p in parts:
+            if type(p) is not Lazy or p.meta is not m0:
+                return None
+        entry = self.composites.get((func, dim, m0, len(parts)))
+        if entry is None:
+            entry = _composite_shape(func is torch.stack, dim, (m0,) * len(parts))
+            self.composites[(func, dim, m0, len(parts))] = entry
+        if entry is False:
+            return None
+        out = Lazy(None, 0, entry[1], self.count)
+        out.parts = (entry[0], entry[2], tuple(parts))
+        return out
 
     def _composite(self, func, args, kwargs):
         """torch.stack / torch.cat of per-example values along a non-batch dim: no node; the

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from .gather import FLAT, gather_rows
+from .nodes import Node
 from .spec import LEAF
 from .values import Lazy
+
 
 __all__ = ["Fuser", "Group", "site_key"]
 
@@ -87,6 +89,10 @@ class Group:
         a value the user's code still holds keeps its node, not the graph behind it)."""
         for m in self.members:
             m.leaves = None
+        for lz in self.hs:  # values the user's code may still hold (a closure's list of
+            lz.node = None  # states, freed only by the collector): they keep nothing
+        for lz in self.cs:
+            lz.node = None
         for lst in (self.members, self.hs, self.cs, self.users):
             lst.clear()
         self.last = None
@@ -122,52 +128,66 @@ class Fuser:
             e = self.masks[id(mask)] = (mask, kind)
         return e[1]
 
-    def kids_of(self, key, ch, cc, mask):
-        """The children (pending members) of a cell call with these arguments if it is
-        fusable: () for a leaf, a list for an internal node; else None."""
+    def join(self, run, site, key, args):
+        """The call `args` = (x, child_h, child_c, mask) of a cell at `site` as a member of
+        the cell's group, if it is fusable: its lazy (h, c); else None (record it as an
+        ordinary call). Only x is linked: the children come from inside the group."""
+        x, ch, cc, mask = args
         if type(mask) is Lazy:
             return None
-        kind = self._mask_kind(mask)
-        if kind == "leaf":
-            return None if type(ch) is Lazy or type(cc) is Lazy else ()
+        e = self.masks.get(id(mask))
+        kind = e[1] if e is not None and e[0] is mask else self._mask_kind(mask)
         g = self.open.get(key)
-        if kind != "full" or g is None:
+        if kind == "leaf":
+            if type(ch) is Lazy or type(cc) is Lazy:
+                return None
+            kids = ()
+        elif kind == "full" and g is not None:
+            kids = _kids(ch, cc, g)
+            if kids is None:
+                return None
+            if type(key.cell) is self.nary and len(kids) != key.cell.n_ary:
+                for k in kids:
+                    k.fparent = False
+                return None
+        else:
             return None
-        kids = _kids(ch, cc, g)
-        if kids is None or (type(key.cell) is self.nary and len(kids) != key.cell.n_ary):
-            return None
-        return kids
-
-    def add(self, node, key, kids):
-        """Make the recorded cell call `node` (site, leaves set; x linked, so its depth and
-        waiting count x only) a member of its cell's group; return its (h, c)."""
+        node = Node()
+        node.site = site
+        node.leaves = args
+        node.example = run.current
+        node.count = 1
+        node.users = node.outs = node.group = None
+        if type(x) is Lazy:
+            run._link(node, (x,))
+            depth = node.depth
+        else:
+            depth = node.depth = 1
+            node.waiting = 0
         height = 0
-        depth = node.depth
         for k in kids:
-            k.fparent = True
-            if k.height > height:
-                height = k.height
+            if k.height >= height:
+                height = k.height + 1
             if k.depth >= depth:
                 depth = k.depth + 1
+            g.kid_slots.append(k.slot)
         node.depth = depth
-        g = self.open.get(key)
         if g is None:
             g = self.open[key] = Group(key, depth)
             self.groups.append(g)
         elif depth < g.depth:
             g.depth = depth
-        node.height = height + 1 if kids else 0
+        node.height = height
         node.fparent = False
         node.group = g
-        node.slot = len(g.members)
+        members = g.members
+        node.slot = len(members)
         if node.waiting:
             g.waiting += 1
-        g.members.append(node)
-        g.heights.append(node.height)
+        members.append(node)
+        g.heights.append(height)
         g.nkids.append(len(kids))
-        for k in kids:
-            g.kid_slots.append(k.slot)
-        mh, mc = node.site.outs
+        mh, mc = site.outs
         h = Lazy(node, 0, mh)
         c = Lazy(node, 1, mc)
         g.hs.append(h)
@@ -284,26 +304,36 @@ _keys: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def _kids(ch, cc, g):
-    """The child calls behind child_h / child_c, if they are stacks of group outputs."""
-    if type(ch) is not Lazy or type(cc) is not Lazy or ch.parts is None or cc.parts is None:
+    """The pending members of `g` behind child_h / child_c, if they are stacks (dim 1) of
+    their outputs 0 and 1, each member once and claimed by no other parent; they are marked
+    claimed. Else None."""
+    if type(ch) is not Lazy or type(cc) is not Lazy:
         return None
-    op, d, hp = ch.parts
-    op2, d2, cp = cc.parts
-    if op is not torch.stack or op2 is not torch.stack or d != 1 or d2 != 1:
+    hp = ch.parts
+    cp = cc.parts
+    if hp is None or cp is None or hp[0] is not _STACK or cp[0] is not _STACK:
         return None
-    if len(hp) != len(cp):
+    if hp[1] != 1 or cp[1] != 1 or len(hp[2]) != len(cp[2]):
         return None
     kids = []
-    for h, c in zip(hp, cp, strict=True):
-        if type(h) is not Lazy or type(c) is not Lazy or h.parts is not None:
-            return None
-        k = h.node
-        if c.node is not k or h.out != 0 or c.out != 1 or h.src is not None:
-            return None
-        if k.group is not g or k.fparent or k in kids:
-            return None
+    for h, c in zip(hp[2], cp[2], strict=True):
+        if type(h) is not Lazy or type(c) is not Lazy:
+            break
+        k = h.node  # a member of the open group g: its outputs are pending, not composites
+        if k is None or k.group is not g or c.node is not k or h.out != 0 or c.out != 1:
+            break
+        if k.fparent:  # claimed by another parent, or twice by this one
+            break
+        k.fparent = True
         kids.append(k)
-    return kids
+    else:
+        return kids
+    for k in kids:
+        k.fparent = False
+    return None
+
+
+_STACK = torch.stack
 
 
 def _bases(x: Lazy):

@@ -48,13 +48,15 @@ class Split:
 
 
 class _Input:
-    """The producer of a group's inputs: already computed, depth 0."""
+    """The producer of values computed before they were recorded (a lane group's inputs, a
+    lone group's results): depth 0, no group, nobody waits on it."""
 
-    __slots__ = ("depth", "users")
+    __slots__ = ("depth", "users", "group")
 
     def __init__(self) -> None:
         self.depth = 0
         self.users: list = []
+        self.group = None
 
 
 INPUT = _Input()

@@ -23,9 +23,13 @@ from contextlib import contextmanager
 
 from torch import nn
 
-__all__ = ["active", "activated", "call_module"]
+__all__ = ["active", "activated", "call_module", "tls"]
 
-_local = threading.local()
+class _Local(threading.local):
+    run = None  # the recording run of this thread (a class default: no getattr fallback)
+
+
+tls = _Local()
 _lock = threading.Lock()
 _users = 0
 _original_impl = nn.Module._call_impl
@@ -33,7 +37,7 @@ _original_impl = nn.Module._call_impl
 
 def active():
     """The run recording on this thread right now, or None."""
-    return getattr(_local, "run", None)
+    return tls.run
 
 
 def call_module(module, args, kwargs):
@@ -45,17 +49,17 @@ def call_module(module, args, kwargs):
 
 
 def _module_call(self, *args, **kwargs):
-    run = getattr(_local, "run", None)
-    if run is None or run.current is None:
-        return _original_impl(self, *args, **kwargs)
-    return run.module_call(self, args, kwargs)
+    run = tls.run
+    if run is not None and run.current is not None:
+        return run.module_call(self, args, kwargs)
+    return _original_impl(self, *args, **kwargs)
 
 
 @contextmanager
 def activated(run):
     """Make `run` the recording run of this thread; restore everything on exit."""
     global _users
-    if getattr(_local, "run", None) is not None:
+    if tls.run is not None:
         raise RuntimeError("autobatch runs cannot be nested (an example called autobatch again)")
     with _lock:
         if _users == 0:
@@ -63,11 +67,11 @@ def activated(run):
         _users += 1
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    _local.run = run
+    tls.run = run
     try:
         yield run
     finally:
-        _local.run = None
+        tls.run = None
         if gc_was_enabled:
             gc.enable()
         with _lock:

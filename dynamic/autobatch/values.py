@@ -83,8 +83,12 @@ _IMMUTABLE = (
 )
 
 
+tls = state.tls  # (read on every recorded call: a module global is the cheapest)
+_COMPOSE = frozenset((torch.stack, torch.cat))
+
+
 def _run():
-    run = state.active()
+    run = tls.run
     if run is None or run.current is None:
         raise RuntimeError(
             "an autobatched value was used outside its example (it escaped the function); "
@@ -111,7 +115,14 @@ class Lazy:
     # -- recording -----------------------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        return _run().function_call(func, args, kwargs or {})
+        run = tls.run
+        if run is None or run.current is None:
+            run = _run()  # (raises: the value escaped its example)
+        if func in _COMPOSE and not kwargs and len(args) == 2:
+            out = run.compose(func, args[0], args[1])  # a node's children stacked: fast
+            if out is not None:
+                return out
+        return run.function_call(func, args, kwargs or {})
 
     def __getattr__(self, name: str):
         if name.endswith("_") and not name.startswith("__"):
