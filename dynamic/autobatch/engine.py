@@ -108,7 +108,7 @@ class Run:
         self.outinfo = cache.setdefault("outinfo", {})  # signature -> outputs' structure
         self.sites = cache.setdefault("sites", {})
         self.composites = cache.setdefault("composites", {})
-        self.cell_sites = cache.setdefault("cell_sites", {})  # (cell, 4 metas, modes) -> site
+        self.cell_memo: dict = {}  # a cell call's arguments -> (site, the arguments)
         self.profile = profile
         self.fuser = Fuser(self) if fused else None
         self.lanes = lanes
@@ -292,6 +292,7 @@ class Run:
         self.pending = self.done = self.tasks = self.dissolved = []
         self.tmeta.clear()
         self.units.clear()
+        self.cell_memo.clear()
 
     # ------------------------------------------------------------------------------------
     # Recording
@@ -384,24 +385,28 @@ class Run:
     def cell_call(self, module, rule, args):
         """A library cell called with (x, child_h, child_c, mask): a member of the cell's
         fused group if it is fusable (see fused.py), else an ordinary call."""
-        # The site by the four arguments' metas (the hot path of a tree: no generic key)
-        tm = self.tmeta
-        metas = []
-        for a in args:
-            if type(a) is Lazy:
-                metas.append(a.meta)
-            else:
-                e = tm.get(id(a))
-                metas.append(e[1] if e is not None and e[0] is a else self.meta(a))
-        skey = (module, *metas, _grad_enabled(), module.training)
-        site = self.cell_sites.get(skey)
-        if site is None:
+        # The site, memoized for this run by the lazy arguments' metas and the plain tensors'
+        # identities (the memo keeps those tensors alive: an id is never reused meanwhile)
+        x, ch, cc, mask = args
+        memo_key = (
+            module,
+            x.meta if type(x) is Lazy else id(x),
+            ch.meta if type(ch) is Lazy else id(ch),
+            cc.meta if type(cc) is Lazy else id(cc),
+            id(mask) if type(mask) is not Lazy else mask.meta,
+            _grad_enabled(),
+            module.training,
+        )
+        memo = self.cell_memo.get(memo_key)
+        if memo is not None:
+            site = memo[0]
+        else:
             found = self._site_of(module, rule, args, None, module.training)
             if type(found) is str:
                 return self.alone(module, args, {}, found)
             site = found[0]
             if site.outs is not None:  # (a site learns its outputs once; then it is final)
-                self.cell_sites[skey] = site
+                self.cell_memo[memo_key] = (site, args)
         key = site.fuse
         if key is not None and site.outs is not None:
             out = self.fuser.join(self, site, key, args)
@@ -909,14 +914,10 @@ def _release(batch: list, ready: dict, agenda: bool) -> None:
     """Count down the users of a finished batch; users with no inputs left become ready."""
     for u in batch:
         for v in u.users:
+            if type(v) is Group and v.done:
+                continue  # dissolved: its members were linked on their own
             v.waiting -= 1
             if v.waiting == 0:
-                g = v.group
-                if g is not None:
-                    g.waiting -= 1
-                    if g.waiting:
-                        continue
-                    v = g
                 key = v.site.sig if agenda else (v.depth, v.site.sig)
                 lst = ready.get(key)
                 if lst is None:

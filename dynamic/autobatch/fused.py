@@ -65,6 +65,7 @@ class Group:
         "done",
         "users",
         "last",
+        "lastp",
     )
 
     def __init__(self, key, depth: int) -> None:
@@ -83,6 +84,7 @@ class Group:
         self.done = False
         self.users: list = []
         self.last = None  # the consumer linked last (a consumer links once per group)
+        self.lastp = None  # the producer this group was linked to last
 
     def clear(self) -> None:
         """Drop every reference (the run's teardown: no cycle is left for the collector, and
@@ -95,7 +97,7 @@ class Group:
             lz.node = None
         for lst in (self.members, self.hs, self.cs, self.users):
             lst.clear()
-        self.last = None
+        self.last = self.lastp = None
 
 
 class Fuser:
@@ -152,18 +154,17 @@ class Fuser:
                 return None
         else:
             return None
+        if g is None:
+            g = self.open[key] = Group(key, 1)
+            self.groups.append(g)
         node = Node()
         node.site = site
         node.leaves = args
         node.example = run.current
         node.count = 1
         node.users = node.outs = node.group = None
-        if type(x) is Lazy:
-            run._link(node, (x,))
-            depth = node.depth
-        else:
-            depth = node.depth = 1
-            node.waiting = 0
+        node.waiting = 0  # the group waits for the members' inputs (x), not the member
+        depth = _wait_for(g, x) + 1 if type(x) is Lazy else 1
         height = 0
         for k in kids:
             if k.height >= height:
@@ -172,18 +173,13 @@ class Fuser:
                 depth = k.depth + 1
             g.kid_slots.append(k.slot)
         node.depth = depth
-        if g is None:
-            g = self.open[key] = Group(key, depth)
-            self.groups.append(g)
-        elif depth < g.depth:
+        if depth < g.depth or not g.members:
             g.depth = depth
         node.height = height
         node.fparent = False
         node.group = g
         members = g.members
         node.slot = len(members)
-        if node.waiting:
-            g.waiting += 1
         members.append(node)
         g.heights.append(height)
         g.nkids.append(len(kids))
@@ -203,9 +199,10 @@ class Fuser:
 
     def dissolve(self, units: list, ready: dict, agenda: bool, dissolved: list) -> int:
         """Turn every group not yet run back into ordinary nodes (appended to `dissolved`);
-        return the unit delta. Members get the links they skipped (to their children inside
-        the group), and the consumers linked to the group are linked to the members they read
-        instead (one link per value read, as ordinary nodes have)."""
+        return the unit delta. Members get the links of ordinary nodes (to x's producers and
+        to their children), and the consumers linked to the group are linked to the members
+        they read instead (one link per value read). The group's own links are dropped (a
+        done group is skipped when its producers finish)."""
         delta = 0
         for g in units:
             if type(g) is not Group or g.done:
@@ -215,13 +212,11 @@ class Fuser:
             for m, h, c in zip(g.members, g.hs, g.cs, strict=True):
                 m.outs = [h, c]
                 m.users = []
-            for u in g.users:
-                u.waiting -= 1
             for m in g.members:
-                m.waiting += _reads(m, g)
+                m.waiting = _wait_member(m, g)
             for u in g.users:
-                if u.group is not g:
-                    u.waiting += _reads(u, g)  # >= 1: it waited on g, so it reads a member
+                if u is not g:
+                    u.waiting += _reads(u, g) - 1  # >= 0 more: it read a member
             for m in g.members:
                 m.group = None
                 dissolved.append(m)
@@ -260,6 +255,40 @@ class Fuser:
         prof = self.profile
         if prof is not None:
             prof.add_fused(g, len(members), schedule.num_levels, time.perf_counter() - t0)
+
+
+def _wait_for(g, x: Lazy) -> int:
+    """Make group `g` wait for the producers of x that have not run (one link per producer
+    in a row: a tree's leaves read one embedding call); return x's depth."""
+    depth = 0
+    for b in (x,) if x.parts is None else _bases(x):
+        p = b.node
+        if p.depth > depth:
+            depth = p.depth
+        if b.src is None:
+            if p.group is not None:
+                p = p.group  # a member's output: wait on its group (perhaps g itself)
+            if p is not g.lastp:
+                g.lastp = p
+                p.users.append(g)
+                g.waiting += 1
+    return depth
+
+
+def _wait_member(m, g) -> int:
+    """Link member `m` of the dissolving group `g` to the producers of its pending inputs
+    (x and the children, as an ordinary node); return how many links it has."""
+    n = 0
+    for x in m.leaves:
+        if type(x) is not Lazy:
+            continue
+        for b in _bases(x):
+            if b.src is None:
+                p = b.node
+                q = p.group
+                (p if q is None or q is g else q).users.append(m)
+                n += 1
+    return n
 
 
 def _reads(node, g) -> int:

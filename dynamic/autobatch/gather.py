@@ -212,11 +212,11 @@ def gather_rows(vals: list) -> Tensor:
 def _gather_lazy(vals: list, layout: str) -> Tensor:
     v0 = vals[0]
     src = v0.src
-    by_rows = v0.rows is not None
-    if not by_rows:  # one row each (e.g. a tree's node states): one index list, one call
+    rows = v0.rows
+    if rows is None or rows == 1:  # one row each (a tree's node states): one index list
         idx = []
         for v in vals:
-            if v.src is not src or v.rows is not None:
+            if v.src is not src or v.rows != rows:
                 return _gather_lazy_general(vals, layout)
             idx.append(v.lo)
         i0 = idx[0]
@@ -224,7 +224,7 @@ def _gather_lazy(vals: list, layout: str) -> Tensor:
             part = src if (i0 == 0 and len(idx) == src.shape[0]) else src.narrow(0, i0, len(idx))
         else:
             part = src.index_select(0, index_tensor(idx, src.device))
-        return _to_layout(part, False, layout, len(vals))
+        return _to_layout(part, rows is not None, layout, len(vals))
     return _gather_lazy_general(vals, layout)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 __all__ = ["active", "activated", "call_module", "tls"]
 
+
 class _Local(threading.local):
     run = None  # the recording run of this thread (a class default: no getattr fallback)
 
