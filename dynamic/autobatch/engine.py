@@ -39,9 +39,9 @@ from torch import Tensor
 
 from . import state
 from .fused import Fuser, Group, site_key
-from .nodes import Node, Site
 from .gather import FLAT, STACK
 from .lanes import INPUT, Split, group_example, lane_groups, member_results, row_views, stored_group
+from .nodes import Node, Site
 from .rules import ELEMENTWISE, VMAP, VMAP_RULE, Cat0, function_rule, module_rule
 from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
 from .values import (
@@ -606,21 +606,10 @@ class Run:
         if type(parts) is not list and type(parts) is not tuple or not parts:
             return None
         dim = args[1] if n == 2 else kwargs.get("dim", 0)
-        m0 = parts[0].meta if type(parts[0]) is Lazy else None
-        for p in parts:  # the common case: lazy parts of one meta (a node's children)
-            if type(p) is not Lazy or p.meta is not m0:
-                break
-        else:
-            key = (func, dim, m0, len(parts))
-            entry = self.composites.get(key)
-            if entry is None:
-                metas = (m0,) * len(parts)
-                entry = self.composites[key] = _composite_shape(func in _STACK, dim, metas)
-            if entry is False:
-                return None
-            out = Lazy(None, 0, entry[1], self.count)
-            out.parts = (entry[0], entry[2], tuple(parts))
-            return out
+        if type(parts) is list:
+            out = self.compose(func, parts, dim)  # lazy parts of one meta
+            if out is not None:
+                return out
         metas = []
         for p in parts:
             if type(p) is Lazy:

@@ -31,7 +31,6 @@ from .nodes import Node
 from .spec import LEAF
 from .values import Lazy
 
-
 __all__ = ["Fuser", "Group", "site_key"]
 
 _SPEC4 = ((LEAF, LEAF, LEAF, LEAF), None)
@@ -130,29 +129,32 @@ class Fuser:
             e = self.masks[id(mask)] = (mask, kind)
         return e[1]
 
+    def _children(self, key, g, ch, cc, mask):
+        """() for a leaf call, the claimed children for an internal one, None if the call
+        is not fusable (see the module docstring)."""
+        if type(mask) is Lazy:
+            return None
+        e = self.masks.get(id(mask))
+        kind = e[1] if e is not None and e[0] is mask else self._mask_kind(mask)
+        if kind == "leaf":
+            return None if type(ch) is Lazy or type(cc) is Lazy else ()
+        if kind != "full" or g is None:
+            return None
+        kids = _kids(ch, cc, g)
+        if kids is not None and type(key.cell) is self.nary and len(kids) != key.cell.n_ary:
+            for k in kids:
+                k.fparent = False
+            return None
+        return kids
+
     def join(self, run, site, key, args):
         """The call `args` = (x, child_h, child_c, mask) of a cell at `site` as a member of
         the cell's group, if it is fusable: its lazy (h, c); else None (record it as an
         ordinary call). Only x is linked: the children come from inside the group."""
         x, ch, cc, mask = args
-        if type(mask) is Lazy:
-            return None
-        e = self.masks.get(id(mask))
-        kind = e[1] if e is not None and e[0] is mask else self._mask_kind(mask)
         g = self.open.get(key)
-        if kind == "leaf":
-            if type(ch) is Lazy or type(cc) is Lazy:
-                return None
-            kids = ()
-        elif kind == "full" and g is not None:
-            kids = _kids(ch, cc, g)
-            if kids is None:
-                return None
-            if type(key.cell) is self.nary and len(kids) != key.cell.n_ary:
-                for k in kids:
-                    k.fparent = False
-                return None
-        else:
+        kids = self._children(key, g, ch, cc, mask)
+        if kids is None:
             return None
         if g is None:
             g = self.open[key] = Group(key, 1)
