@@ -253,7 +253,10 @@ class Run:
         if py is not None and (v.dim() == 1 or convert is Tensor.tolist):
             # One tolist() for the whole group instead of G conversions (0-d values only:
             # bool([x]) is not bool(tensor([x])))
-            per = [py(x) for x in v.tolist()]
+            raw = v.tolist()
+            if raw.count(raw[0]) == len(raw):  # equal values convert equally: one call
+                return py(raw[0])
+            per = [py(x) for x in raw]
         else:
             per = [convert(v[k]) for k in range(lz.count)]
         try:
@@ -421,24 +424,56 @@ class Run:
         node = Node()
         node.site = site
         node.leaves = leaves
-        node.example = self.current
+        node.example = t = self.current
         node.count = self.count
         node.outs = None
-        t = self.current
+        outs = None
         self.current = None  # the batched call itself is not recorded
         try:
-            self._execute([node])
+            if site.outs is not None and self.profile is None and site.sig not in self.eager:
+                outs = self._run_direct(node)  # the lean path; None: the general one decides
+            if outs is None:
+                self._execute([node])
+                outs = node.outs
+                for lz in outs:
+                    lz.node = INPUT  # computed: nothing links to the node (no cycle)
         finally:
             self.current = t
-        outs = node.outs
-        for lz in outs:
-            lz.node = INPUT  # computed: nothing links to the node (no cycle to break)
         single = site.single
         if single is True:
             return outs[0]
         if single is False:
             return tuple(outs)
         return unflatten_out(site.ospec, outs)
+
+    def _run_direct(self, node: Node):
+        """`_execute` of a one-node batch whose outputs are known, minus its bookkeeping:
+        the rule's call, the row check, the values. None if the call failed or its rows are
+        not what the rule promised (the general path then runs it and records why)."""
+        site = node.site
+        count = node.count
+        try:
+            outs, _, layouts = site.rule.run(site.fn, site.spec, [node], site.mode)
+        except AutobatchError:
+            raise
+        except Exception:
+            return None
+        if len(outs) != len(site.outs):
+            return None
+        values = []
+        for j, (t, layout, m) in enumerate(zip(outs, layouts, site.outs, strict=True)):
+            if layout == FLAT:
+                if t.dim() == 0 or t.shape[0] != site.rows * count or t.shape[1:] != m.shape[1:]:
+                    return None
+                lz = Lazy(INPUT, j, m, count)
+            else:
+                if t.dim() == 0 or t.shape[0] != count or t.shape[1:] != m.shape:
+                    return None
+                lz = Lazy(INPUT, j, m, count)
+                lz.rows = None
+            lz.src = t
+            values.append(lz)
+        return values
 
     def _site_of(self, fn, rule, args, kwargs, training):
         """(site, tensor leaves) of a call, or the reason why it must run alone."""
