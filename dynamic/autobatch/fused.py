@@ -26,10 +26,13 @@ import weakref
 import numpy as np
 import torch
 
+from treelstm import ChildSumCell, NaryCell, Schedule  # (dynamic may import treelstm)
+from treelstm import run as run_cell
+
 from .gather import FLAT, gather_rows
 from .nodes import Node
 from .spec import LEAF
-from .values import Lazy
+from .values import Lazy, alias_rows
 
 __all__ = ["Fuser", "Group", "site_key"]
 
@@ -101,8 +104,6 @@ class Group:
 
 class Fuser:
     def __init__(self, run) -> None:
-        from treelstm import ChildSumCell, NaryCell  # dynamic may import treelstm
-
         self.profile = run.profile  # (not the run itself: no cycle, the run dies by refcount)
         self.cells = (ChildSumCell, NaryCell)
         self.nary = NaryCell
@@ -129,68 +130,31 @@ class Fuser:
             e = self.masks[id(mask)] = (mask, kind)
         return e[1]
 
-    def _children(self, key, g, ch, cc, mask):
-        """() for a leaf call, the claimed children for an internal one, None if the call
-        is not fusable (see the module docstring)."""
-        if type(mask) is Lazy:
-            return None
-        e = self.masks.get(id(mask))
-        kind = e[1] if e is not None and e[0] is mask else self._mask_kind(mask)
-        if kind == "leaf":
-            return None if type(ch) is Lazy or type(cc) is Lazy else ()
-        if kind != "full" or g is None:
-            return None
-        kids = _kids(ch, cc, g)
-        if kids is not None and type(key.cell) is self.nary and len(kids) != key.cell.n_ary:
-            for k in kids:
-                k.fparent = False
-            return None
-        return kids
-
     def join(self, run, site, key, args):
         """The call `args` = (x, child_h, child_c, mask) of a cell at `site` as a member of
         the cell's group, if it is fusable: its lazy (h, c); else None (record it as an
         ordinary call). Only x is linked: the children come from inside the group."""
         x, ch, cc, mask = args
         g = self.open.get(key)
-        kids = self._children(key, g, ch, cc, mask)
-        if kids is None:
+        e = self.masks.get(id(mask))
+        if e is None or e[0] is not mask:
+            if type(mask) is Lazy:
+                return None
+            e = (mask, self._mask_kind(mask))
+        if e[1] == "leaf":
+            if type(ch) is Lazy or type(cc) is Lazy:
+                return None
+            kids = ()
+        elif e[1] != "full" or g is None:
             return None
+        else:
+            kids = _kids(ch, cc, g, key.n)
+            if kids is None:
+                return None
         if g is None:
             g = self.open[key] = Group(key, 1)
             self.groups.append(g)
-        node = Node()
-        node.site = site
-        node.leaves = args
-        node.example = run.current
-        node.count = 1
-        node.users = node.outs = node.group = None
-        node.waiting = 0  # the group waits for the members' inputs (x), not the member
-        depth = _wait_for(g, x) + 1 if type(x) is Lazy else 1
-        height = 0
-        for k in kids:
-            if k.height >= height:
-                height = k.height + 1
-            if k.depth >= depth:
-                depth = k.depth + 1
-            g.kid_slots.append(k.slot)
-        node.depth = depth
-        if depth < g.depth or not g.members:
-            g.depth = depth
-        node.height = height
-        node.fparent = False
-        node.group = g
-        members = g.members
-        node.slot = len(members)
-        members.append(node)
-        g.heights.append(height)
-        g.nkids.append(len(kids))
-        mh, mc = site.outs
-        h = Lazy(node, 0, mh)
-        c = Lazy(node, 1, mc)
-        g.hs.append(h)
-        g.cs.append(c)
-        return h, c
+        return _add_member(run, site, g, args, kids)
 
     # -- flush time ----------------------------------------------------------------------
     def take_groups(self) -> list:
@@ -231,8 +195,6 @@ class Fuser:
 
     def run(self, g: Group) -> None:
         """One call of the level executor for the whole group; members get their rows."""
-        from treelstm import run as run_cell
-
         t0 = time.perf_counter()
         cell = g.key.cell
         perm, rank, schedule = _schedule(g, cell, self.nary)
@@ -259,11 +221,55 @@ class Fuser:
             prof.add_fused(g, len(members), schedule.num_levels, time.perf_counter() - t0)
 
 
+def _add_member(run, site, g, args, kids):
+    """A member node for the call `args` in group `g` with children `kids`; its (h, c)."""
+    x = args[0]
+    node = Node()
+    node.site = site
+    node.leaves = args
+    node.example = run.current
+    node.count = 1
+    node.users = node.outs = node.group = None
+    node.waiting = 0  # the group waits for the members' inputs (x), not the member
+    depth = _wait_for(g, x) + 1 if type(x) is Lazy else 1
+    height = 0
+    for k in kids:
+        if k.height >= height:
+            height = k.height + 1
+        if k.depth >= depth:
+            depth = k.depth + 1
+        g.kid_slots.append(k.slot)
+    node.depth = depth
+    if depth < g.depth or not g.members:
+        g.depth = depth
+    node.height = height
+    node.fparent = False
+    node.group = g
+    members = g.members
+    node.slot = len(members)
+    members.append(node)
+    g.heights.append(height)
+    g.nkids.append(len(kids))
+    mh, mc = site.outs
+    h = Lazy(node, 0, mh)
+    c = Lazy(node, 1, mc)
+    g.hs.append(h)
+    g.cs.append(c)
+    return h, c
+
+
 def _wait_for(g, x: Lazy) -> int:
     """Make group `g` wait for the producers of x that have not run (one link per producer
     in a row: a tree's leaves read one embedding call); return x's depth."""
     depth = 0
-    for b in (x,) if x.parts is None else _bases(x):
+    parts = x.parts
+    if parts is None:
+        bases = (x,)
+    elif parts[0] is alias_rows and parts[2][0].parts is None:
+        bases = parts[2]  # x[j : j + 1] of a stored value (a leaf's word vector)
+    else:
+        bases = _bases(x)
+    for b in bases:
         p = b.node
         if p.depth > depth:
             depth = p.depth
@@ -309,8 +315,6 @@ def _reads(node, g) -> int:
 def site_key(site):
     """The group key of a call site that may be fusable (a library cell called on one node
     with four tensor arguments), else None."""
-    from treelstm import ChildSumCell, NaryCell
-
     if site.mode != FLAT or site.rows != 1 or type(site.fn) not in (ChildSumCell, NaryCell):
         return None
     if site.spec != _SPEC4:
@@ -323,21 +327,23 @@ def site_key(site):
 
 
 class FuseKey:
-    """(cell, x's per-row meta, grad mode) of a group, interned: hashed by identity."""
+    """(cell, x's per-row meta, grad mode) of a group, interned: hashed by identity. ``n``:
+    the children a call must have (N-ary), or None (Child-Sum: any number)."""
 
-    __slots__ = ("cell", "tail", "grad", "__weakref__")
+    __slots__ = ("cell", "tail", "grad", "n", "__weakref__")
 
     def __init__(self, cell, tail, grad) -> None:
         self.cell, self.tail, self.grad = cell, tail, grad
+        self.n = cell.n_ary if type(cell) is NaryCell else None
 
 
 _keys: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def _kids(ch, cc, g):
+def _kids(ch, cc, g, n):
     """The pending members of `g` behind child_h / child_c, if they are stacks (dim 1) of
-    their outputs 0 and 1, each member once and claimed by no other parent; they are marked
-    claimed. Else None."""
+    their outputs 0 and 1, each member once and claimed by no other parent, `n` of them if n
+    is not None (an N-ary cell); they are marked claimed. Else None."""
     if type(ch) is not Lazy or type(cc) is not Lazy:
         return None
     hp = ch.parts
@@ -345,6 +351,8 @@ def _kids(ch, cc, g):
     if hp is None or cp is None or hp[0] is not _STACK or cp[0] is not _STACK:
         return None
     if hp[1] != 1 or cp[1] != 1 or len(hp[2]) != len(cp[2]):
+        return None
+    if n is not None and len(hp[2]) != n:
         return None
     kids = []
     for h, c in zip(hp[2], cp[2], strict=True):
@@ -379,8 +387,6 @@ def _schedule(g: Group, cell, nary_type):
     Returns (perm, rank, schedule): perm[s] is the member index (record order) of schedule
     row s, rank[i] the schedule row of member i.
     """
-    from treelstm import Schedule
-
     N = len(g.members)
     height = np.asarray(g.heights, dtype=np.int64)
     perm = np.argsort(height, kind="stable")
