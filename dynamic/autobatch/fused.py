@@ -229,7 +229,7 @@ def _add_member(run, site, g, args, kids):
     node.leaves = args
     node.example = run.current
     node.count = 1
-    node.users = node.outs = node.group = None
+    node.users = node.outs = None
     node.waiting = 0  # the group waits for the members' inputs (x), not the member
     depth = _wait_for(g, x) + 1 if type(x) is Lazy else 1
     height = 0
