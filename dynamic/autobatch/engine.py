@@ -109,6 +109,7 @@ class Run:
         self.sites = cache.setdefault("sites", {})
         self.composites = cache.setdefault("composites", {})
         self.cell_memo: dict = {}  # a cell call's arguments -> (site, the arguments)
+        self.cat_sites = cache.setdefault("cat_sites", {})  # cat/stack on dim 0 -> site
         self.profile = profile
         self.fuser = Fuser(self) if fused else None
         self.lanes = lanes
@@ -611,7 +612,8 @@ class Run:
 
     def compose(self, func, parts, dim):
         """``func(parts, dim)`` (torch.stack / torch.cat) of lazy parts of ONE meta: the
-        composite, or None (the general `_composite` decides)."""
+        composite; False if such parts make no composite (dim 0: a call); None if the parts
+        are not of that kind (the general `_composite` decides)."""
         if type(parts) is not list or not parts:
             return None
         p0 = parts[0]
@@ -626,10 +628,29 @@ class Run:
             entry = _composite_shape(func is torch.stack, dim, (m0,) * len(parts))
             self.composites[(func, dim, m0, len(parts))] = entry
         if entry is False:
-            return None
+            return False
         out = Lazy(None, 0, entry[1], self.count)
         out.parts = (entry[0], entry[2], tuple(parts))
         return out
+
+    def _cat0(self, func, args, kwargs, dim):
+        """torch.cat / torch.stack along dim 0 of lazy parts of one meta: its site by (func,
+        meta, count, grad mode) instead of the generic key over every part (None: the
+        generic record decides)."""
+        if dim != 0 or self.count != 1:
+            return None
+        parts = args[0]
+        key = (func, parts[0].meta, len(parts), _grad_enabled())
+        site = self.cat_sites.get(key)
+        if site is None:
+            found = self._site_of(func, function_rule(func), args, kwargs, None)
+            if type(found) is str:
+                return None
+            site = found[0]
+            if site.outs is None:
+                return self._record_at(site, found[1])
+            self.cat_sites[key] = site
+        return self._record_at(site, list(parts))
 
     def _composite(self, func, args, kwargs):
         """torch.stack / torch.cat of per-example values along a non-batch dim: no node; the
@@ -643,8 +664,12 @@ class Run:
         dim = args[1] if n == 2 else kwargs.get("dim", 0)
         if type(parts) is list:
             out = self.compose(func, parts, dim)  # lazy parts of one meta
-            if out is not None:
-                return out
+            if out is not None:  # False: along dim 0, one Cat0 call (a tree's node states)
+                return self._cat0(func, args, kwargs, dim) if out is False else out
+        return self._composite_general(func, parts, dim)
+
+    def _composite_general(self, func, parts, dim):
+        """`_composite` for parts of several metas, or plain tensors among them."""
         metas = []
         for p in parts:
             if type(p) is Lazy:
