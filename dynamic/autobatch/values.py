@@ -120,7 +120,7 @@ class Lazy:
             run = _run()  # (raises: the value escaped its example)
         if func in _COMPOSE and not kwargs and len(args) == 2:
             out = run.compose(func, args[0], args[1])  # a node's children stacked: fast
-            if out is not None:
+            if type(out) is Lazy:
                 return out
         return run.function_call(func, args, kwargs or {})
 
