@@ -391,6 +391,7 @@ class Run:
         fused group if it is fusable (see fused.py), else an ordinary call."""
         # The site, memoized for this run by the lazy arguments' metas and the plain tensors'
         # identities (the memo keeps those tensors alive: an id is never reused meanwhile)
+        t0 = time.perf_counter() if self.profile is not None else 0.0
         x, ch, cc, mask = args
         memo_key = (
             module,
@@ -415,6 +416,8 @@ class Run:
         if key is not None and site.outs is not None:
             out = self.fuser.join(self, site, key, args)
             if out is not None:
+                if self.profile is not None:
+                    self.profile.record_s += time.perf_counter() - t0
                 return out
         return self._record_at(site, args)
 
