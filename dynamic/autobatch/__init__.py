@@ -116,7 +116,7 @@ class Autobatched:
             prof.examples = len(examples)
             self.profile = prof
         if self.check if check is None else check:
-            check_results(self.fn, examples, results, run.names)
+            check_results(self.fn, examples, results, run.names())
         return results
 
 

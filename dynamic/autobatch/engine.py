@@ -40,8 +40,9 @@ from torch import Tensor
 from . import state
 from .fused import Fuser, Group, site_key
 from .gather import FLAT, STACK
-from .lanes import Split, group_example, lane_groups, member_results, stored_group
-from .rules import VMAP, VMAP_RULE, Cat0, function_rule, module_rule
+from .lanes import INPUT, Split, group_example, lane_groups, member_results, row_views, stored_group
+from .nodes import Node, Site
+from .rules import ELEMENTWISE, VMAP, VMAP_RULE, Cat0, function_rule, module_rule
 from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
 from .values import (
     _IMMUTABLE,
@@ -72,45 +73,6 @@ class AutobatchError(RuntimeError):
     def __init__(self, message: str, example: int | None = None) -> None:
         super().__init__(message)
         self.example = example
-
-
-class Site:
-    """What every call with the same function, argument structure, per-example shapes and
-    grad mode shares: its rule, layout, signature and output shapes."""
-
-    __slots__ = (
-        "fn",
-        "rule",
-        "spec",
-        "metas",
-        "mode",
-        "rows",
-        "sig",
-        "ospec",
-        "outs",
-        "single",
-        "fuse",
-    )
-
-
-class Node:
-    """One recorded call of one example."""
-
-    __slots__ = (
-        "site",
-        "leaves",
-        "outs",
-        "users",
-        "waiting",
-        "depth",
-        "example",
-        "count",
-        "group",
-        "kids",
-        "fparent",
-        "height",
-        "slot",
-    )
 
 
 def _where(exc: BaseException) -> str:
@@ -146,18 +108,31 @@ class Run:
         self.outinfo = cache.setdefault("outinfo", {})  # signature -> outputs' structure
         self.sites = cache.setdefault("sites", {})
         self.composites = cache.setdefault("composites", {})
+        self.cell_memo: dict = {}  # a cell call's arguments -> (site, the arguments)
+        self.cat_sites = cache.setdefault("cat_sites", {})  # cat/stack on dim 0 -> site
         self.profile = profile
         self.fuser = Fuser(self) if fused else None
         self.lanes = lanes
         self.current = None  # index of the task running now (None: the scheduler)
+        self.live = 0  # tasks started and neither finished nor abandoned
         self.count = 1  # how many examples the running task stands for
-        self.pending: list = []
+        self.pending: list = []  # recorded nodes not yet run (a fused group holds its members)
         self.done: list = []
+        self.dissolved: list = []  # members of groups turned back into ordinary nodes
         self.blocked: list = []
         self.tmeta: dict = {}
         self.units: dict = {}
         self.eager: dict = {}  # signature -> why its batches run one call at a time
-        self.names: dict = {}  # id(parameter) -> "Module.name", for check mode's messages
+        self.modules: list = []  # every module called, for check mode's parameter names
+
+    def names(self) -> dict:
+        """id(parameter) -> "Module.name" of the modules the examples called (check mode's
+        messages name a parameter whose gradient differs)."""
+        out: dict = {}
+        for module in self.modules:
+            for n, p in module.named_parameters():
+                out.setdefault(id(p), f"{type(module).__name__}.{n}")
+        return out
 
     # ------------------------------------------------------------------------------------
     # Driving the examples
@@ -171,10 +146,14 @@ class Run:
         with state.activated(self):
             try:
                 self.main = greenlet.getcurrent()
-                for members in (
-                    lane_groups(self.examples) if self.lanes else ([i] for i in range(n))
-                ):
-                    self._new_task(members)
+                rows = row_views(self.examples) if self.lanes and n > 1 else None
+                if rows is not None:  # rows of one data tensor: one group, no stacking
+                    self._new_task(list(range(n)), rows)
+                else:
+                    for members in (
+                        lane_groups(self.examples) if self.lanes else ([i] for i in range(n))
+                    ):
+                        self._new_task(members)
                 self.runnable = list(range(len(self.tasks)))
                 while self.runnable:
                     i = 0
@@ -191,14 +170,17 @@ class Run:
             finally:
                 self._teardown()
 
-    def _new_task(self, members: list) -> int:
-        """A greenlet for one example, or for a lane group of alike examples."""
-        ex = (
-            self.examples[members[0]]
-            if len(members) == 1
-            else group_example(self.examples, members)
-        )
+    def _new_task(self, members: list, ex=None) -> int:
+        """A greenlet for one example, or for a lane group of alike examples (`ex`: the
+        group's example if it is already made)."""
+        if ex is None:
+            ex = (
+                self.examples[members[0]]
+                if len(members) == 1
+                else group_example(self.examples, members)
+            )
         self.tasks.append(greenlet(partial(self.fn, ex)))
+        self.live += 1
         self.members.append(members)
         self.grad.append(_grad_enabled())
         if self.profile is not None and len(members) > 1:
@@ -230,8 +212,10 @@ class Run:
             if self.grad[t] != outer:
                 torch.set_grad_enabled(outer)
         if type(out) is Split:
+            self.live -= 1
             self._split(t, out)
         elif task.dead:
+            self.live -= 1
             self.finished.append((t, out))
 
     def _split(self, t: int, split: Split) -> None:
@@ -270,7 +254,10 @@ class Run:
         if py is not None and (v.dim() == 1 or convert is Tensor.tolist):
             # One tolist() for the whole group instead of G conversions (0-d values only:
             # bool([x]) is not bool(tensor([x])))
-            per = [py(x) for x in v.tolist()]
+            raw = v.tolist()
+            if raw.count(raw[0]) == len(raw):  # equal values convert equally: one call
+                return py(raw[0])
+            per = [py(x) for x in raw]
         else:
             per = [convert(v[k]) for k in range(lz.count)]
         try:
@@ -294,17 +281,22 @@ class Run:
         # links, so the whole recorded graph is freed by reference counting right here: the
         # collector is resumed next, and a young generation of ~10^5 live objects would cost
         # it ~20 ms to scan (measured).
-        for node in self.done:
-            node.users = node.outs = node.leaves = node.group = node.kids = node.fparent = None
-        for node in self.pending:
-            node.users = node.outs = node.leaves = node.group = node.kids = node.fparent = None
+        for nodes in (self.done, self.pending, self.dissolved):
+            for node in nodes:
+                node.users = node.outs = node.leaves = node.group = None
+        if self.fuser is not None:  # members: their group holds every link they have
+            for g in self.fuser.groups:
+                g.clear()
+            self.fuser.groups = []
+            self.fuser.open = {}
         self.finished = []
         for task in getattr(self, "tasks", ()):
             if task and not task.dead:
                 _kill(task)
-        self.pending = self.done = self.tasks = []
+        self.pending = self.done = self.tasks = self.dissolved = []
         self.tmeta.clear()
         self.units.clear()
+        self.cell_memo.clear()
 
     # ------------------------------------------------------------------------------------
     # Recording
@@ -313,12 +305,15 @@ class Run:
         """nn.Module.__call__ inside an example: one node, or the forward traced op by op."""
         entry = self.units.get(id(module))
         if entry is None or entry[0] is not module:
-            entry = self.units[id(module)] = (module, module_rule(module, self.rowwise))
-            for n, p in module.named_parameters():
-                self.names.setdefault(id(p), f"{type(module).__name__}.{n}")
+            rule = module_rule(module, self.rowwise)
+            cell = self.fuser is not None and self.fuser.fusable(module)
+            entry = self.units[id(module)] = (module, rule, cell)
+            self.modules.append(module)
+        if entry[2] and not kwargs and len(args) == 4 and self.count == 1:
+            return self.cell_call(module, entry[1], args)
         rule = entry[1]
         if rule is None:
-            return state._original_call(module, *args, **kwargs)
+            return state.call_module(module, args, kwargs)
         return self.record(module, rule, args, kwargs, module.training)
 
     def function_call(self, func, args, kwargs):
@@ -348,6 +343,17 @@ class Run:
         if type(found) is str:
             return self.alone(fn, args, kwargs, found)
         site, leaves = found
+        if self.count != 1 and self.live == 1 and not self.pending and not self._open_groups():
+            return self._direct(site, leaves)
+        if prof is not None:
+            prof.record_s += time.perf_counter() - t0
+        return self._record_at(site, leaves)
+
+    def _record_at(self, site: Site, leaves):
+        """A node for a call at a known site; its lazy outputs (pauses to learn them the first
+        time its signature is seen)."""
+        prof = self.profile
+        t0 = time.perf_counter() if prof is not None else 0.0
         node = Node()
         node.site = site
         node.leaves = leaves
@@ -368,8 +374,6 @@ class Run:
             outs = node.outs = [Lazy(node, j, m) for j, m in enumerate(site.outs)]
         else:
             outs = node.outs = [Lazy(node, j, m, count) for j, m in enumerate(site.outs)]
-        if site.fuse is not None and self.fuser is not None:
-            self.fuser.classify(node, site.fuse)
         if prof is not None:
             prof.record_s += time.perf_counter() - t0
         single = site.single
@@ -378,6 +382,102 @@ class Run:
         if single is False:
             return tuple(outs)
         return unflatten_out(site.ospec, outs)
+
+    def _open_groups(self) -> bool:
+        return self.fuser is not None and bool(self.fuser.open)
+
+    def cell_call(self, module, rule, args):
+        """A library cell called with (x, child_h, child_c, mask): a member of the cell's
+        fused group if it is fusable (see fused.py), else an ordinary call."""
+        # The site, memoized for this run by the lazy arguments' metas and the plain tensors'
+        # identities (the memo keeps those tensors alive: an id is never reused meanwhile)
+        t0 = time.perf_counter() if self.profile is not None else 0.0
+        x, ch, cc, mask = args
+        memo_key = (
+            module,
+            x.meta if type(x) is Lazy else id(x),
+            ch.meta if type(ch) is Lazy else id(ch),
+            cc.meta if type(cc) is Lazy else id(cc),
+            id(mask) if type(mask) is not Lazy else mask.meta,
+            _grad_enabled(),
+            module.training,
+        )
+        memo = self.cell_memo.get(memo_key)
+        if memo is not None:
+            site = memo[0]
+        else:
+            found = self._site_of(module, rule, args, None, module.training)
+            if type(found) is str:
+                return self.alone(module, args, {}, found)
+            site = found[0]
+            if site.outs is not None:  # (a site learns its outputs once; then it is final)
+                self.cell_memo[memo_key] = (site, args)
+        key = site.fuse
+        if key is not None and site.outs is not None:
+            out = self.fuser.join(self, site, key, args)
+            if out is not None:
+                if self.profile is not None:
+                    self.profile.record_s += time.perf_counter() - t0
+                return out
+        return self._record_at(site, args)
+
+    def _direct(self, site: Site, leaves):
+        """A lone lane group's call, run at once: no other task is alive and nothing is
+        pending, so no call could join its batch, and its G examples already make one (no
+        node kept, no pause, no greenlet switch)."""
+        node = Node()
+        node.site = site
+        node.leaves = leaves
+        node.example = t = self.current
+        node.count = self.count
+        node.outs = None
+        outs = None
+        self.current = None  # the batched call itself is not recorded
+        try:
+            if site.outs is not None and self.profile is None and site.sig not in self.eager:
+                outs = self._run_direct(node)  # the lean path; None: the general one decides
+            if outs is None:
+                self._execute([node])
+                outs = node.outs
+                for lz in outs:
+                    lz.node = INPUT  # computed: nothing links to the node (no cycle)
+        finally:
+            self.current = t
+        single = site.single
+        if single is True:
+            return outs[0]
+        if single is False:
+            return tuple(outs)
+        return unflatten_out(site.ospec, outs)
+
+    def _run_direct(self, node: Node):
+        """`_execute` of a one-node batch whose outputs are known, minus its bookkeeping:
+        the rule's call, the row check, the values. None if the call failed or its rows are
+        not what the rule promised (the general path then runs it and records why)."""
+        site = node.site
+        count = node.count
+        try:
+            outs, _, layouts = site.rule.run(site.fn, site.spec, [node], site.mode)
+        except AutobatchError:
+            raise
+        except Exception:
+            return None
+        if len(outs) != len(site.outs):
+            return None
+        values = []
+        for j, (t, layout, m) in enumerate(zip(outs, layouts, site.outs, strict=True)):
+            if layout == FLAT:
+                if t.dim() == 0 or t.shape[0] != site.rows * count or t.shape[1:] != m.shape[1:]:
+                    return None
+                lz = Lazy(INPUT, j, m, count)
+            else:
+                if t.dim() == 0 or t.shape[0] != count or t.shape[1:] != m.shape:
+                    return None
+                lz = Lazy(INPUT, j, m, count)
+                lz.rows = None
+            lz.src = t
+            values.append(lz)
+        return values
 
     def _site_of(self, fn, rule, args, kwargs, training):
         """(site, tensor leaves) of a call, or the reason why it must run alone."""
@@ -428,6 +528,10 @@ class Run:
         mode, rows, keys, skey = plan
         if mode == VMAP or ("lanes" in key and isinstance(rule, Cat0)):
             rule, mode, keys, skey = VMAP_RULE, STACK, tuple(metas), None
+        elif mode == FLAT and "lanes" in key and rule is ELEMENTWISE:
+            # A lane group's values are stored [G, *shape]: stacked, an elementwise op needs
+            # no reshape (a view and an autograd node each way) of every argument
+            mode, rows, keys = STACK, None, tuple(metas)
         site = Site()
         site.fn, site.rule, site.spec, site.metas, site.mode, site.rows = (
             fn,
@@ -472,8 +576,14 @@ class Run:
                 if p.depth > depth:
                     depth = p.depth
                 if x.src is None:
-                    p.users.append(node)
-                    waiting += 1
+                    g = p.group
+                    if g is None:
+                        p.users.append(node)
+                        waiting += 1
+                    elif g.last is not node:  # a fused member's output: wait on its group once
+                        g.last = node
+                        g.users.append(node)
+                        waiting += 1
                 continue
             d, w = self._link_nested(node, x)  # a composite's or alias's parts
             depth = d if d > depth else depth
@@ -493,9 +603,57 @@ class Run:
                 if p.depth > depth:
                     depth = p.depth
                 if b.src is None:
-                    p.users.append(node)
-                    waiting += 1
+                    g = p.group
+                    if g is None:
+                        p.users.append(node)
+                        waiting += 1
+                    elif g.last is not node:
+                        g.last = node
+                        g.users.append(node)
+                        waiting += 1
         return depth, waiting
+
+    def compose(self, func, parts, dim):
+        """``func(parts, dim)`` (torch.stack / torch.cat) of lazy parts of ONE meta: the
+        composite; False if such parts make no composite (dim 0: a call); None if the parts
+        are not of that kind (the general `_composite` decides)."""
+        if type(parts) is not list or not parts:
+            return None
+        p0 = parts[0]
+        if type(p0) is not Lazy:
+            return None
+        m0 = p0.meta
+        for p in parts:
+            if type(p) is not Lazy or p.meta is not m0:
+                return None
+        entry = self.composites.get((func, dim, m0, len(parts)))
+        if entry is None:
+            entry = _composite_shape(func is torch.stack, dim, (m0,) * len(parts))
+            self.composites[(func, dim, m0, len(parts))] = entry
+        if entry is False:
+            return False
+        out = Lazy(None, 0, entry[1], self.count)
+        out.parts = (entry[0], entry[2], tuple(parts))
+        return out
+
+    def _cat0(self, func, args, kwargs, dim):
+        """torch.cat / torch.stack along dim 0 of lazy parts of one meta: its site by (func,
+        meta, count, grad mode) instead of the generic key over every part (None: the
+        generic record decides)."""
+        if dim != 0 or self.count != 1:
+            return None
+        parts = args[0]
+        key = (func, parts[0].meta, len(parts), _grad_enabled())
+        site = self.cat_sites.get(key)
+        if site is None:
+            found = self._site_of(func, function_rule(func), args, kwargs, None)
+            if type(found) is str:
+                return None
+            site = found[0]
+            if site.outs is None:
+                return self._record_at(site, found[1])
+            self.cat_sites[key] = site
+        return self._record_at(site, list(parts))
 
     def _composite(self, func, args, kwargs):
         """torch.stack / torch.cat of per-example values along a non-batch dim: no node; the
@@ -504,8 +662,17 @@ class Run:
         if n == 0 or n > 2 or (kwargs and (len(kwargs) > 1 or "dim" not in kwargs)):
             return None
         parts = args[0]
-        if type(parts) is not list and type(parts) is not tuple:
+        if type(parts) is not list and type(parts) is not tuple or not parts:
             return None
+        dim = args[1] if n == 2 else kwargs.get("dim", 0)
+        if type(parts) is list:
+            out = self.compose(func, parts, dim)  # lazy parts of one meta
+            if out is not None:  # False: along dim 0, one Cat0 call (a tree's node states)
+                return self._cat0(func, args, kwargs, dim) if out is False else out
+        return self._composite_general(func, parts, dim)
+
+    def _composite_general(self, func, parts, dim):
+        """`_composite` for parts of several metas, or plain tensors among them."""
         metas = []
         for p in parts:
             if type(p) is Lazy:
@@ -514,9 +681,7 @@ class Run:
                 metas.append(self.meta(p))
             else:
                 return None
-        if not metas:
-            return None
-        key = (func, args[1] if n == 2 else kwargs.get("dim", 0), tuple(metas))
+        key = (func, dim, tuple(metas))
         entry = self.composites.get(key)
         if entry is None:
             entry = self.composites[key] = _composite_shape(func in _STACK, key[1], key[2])
@@ -525,6 +690,33 @@ class Run:
         out = Lazy(None, 0, entry[1], self.count)
         out.parts = (entry[0], entry[2], tuple(parts))
         return out
+
+    def row_alias(self, x: Lazy, arg):
+        """``x[j]`` / ``x[a:b]`` (step 1, not empty) of a lazy x as an alias, or None."""
+        if self.count != 1:
+            return None
+        m = x.meta
+        t = type(arg)
+        if t is slice:
+            n = m.rows
+            if n is None or (arg.step is not None and arg.step != 1):
+                return None
+            a, b = arg.start, arg.stop
+            if type(a) is not int or type(b) is not int or not 0 <= a < b <= n:
+                a, b, _ = arg.indices(n)
+                if b <= a:
+                    return None
+            out = Lazy(None, 0, m.with_rows(b - a))
+            out.parts = (alias_rows, (a, b), (x,))
+            return out
+        if t is int and m.rows is not None:
+            j = arg + m.rows if arg < 0 else arg
+            if not 0 <= j < m.rows:
+                return None
+            out = Lazy(None, 0, m.tail)
+            out.parts = (alias_row, j, (x,))
+            return out
+        return None
 
     def _alias(self, func, args, kwargs):
         """x[j], x[a:b], x.squeeze(0), x.unsqueeze(0) of a lazy x: an alias (see values.py)."""
@@ -581,15 +773,12 @@ class Run:
     # ------------------------------------------------------------------------------------
     def _flush(self) -> None:
         nodes = self.pending
-        if not nodes:
+        if not nodes and not self._open_groups():
             return
         self.pending = []
         prof = self.profile
         t0 = time.perf_counter()
-        if self.fuser is not None:
-            units = [n for n in nodes if n.group is None] + self.fuser.take_groups()
-        else:
-            units = nodes
+        units = nodes + self.fuser.take_groups() if self.fuser is not None else nodes
         self._schedule(units)
         self.done.extend(nodes)
         if prof is not None:
@@ -618,7 +807,12 @@ class Run:
                 _release(batch, ready, agenda)
             if left == 0:
                 return
-            left += self.fuser.dissolve(units, ready, agenda)  # a fused group waited on itself
+            # a fused group waited on itself: its members become ordinary calls
+            left += self.fuser.dissolve(units, ready, agenda, self.dissolved)
+            if agenda:
+                prio = _agenda_priorities(
+                    [u for u in units if type(u) is not Group] + self.dissolved
+                )
 
     def _execute(self, batch: list) -> None:
         b0 = batch[0]
@@ -705,7 +899,7 @@ class Run:
         a, kw = rebuild(site.spec, vals)
         try:
             if isinstance(site.fn, torch.nn.Module):
-                out = state._original_call(site.fn, *a, **kw)
+                out = state.call_module(site.fn, a, kw)
             else:
                 out = site.fn(*a, **kw)
             return flatten_out(out)
@@ -771,19 +965,11 @@ def _checked_info(info, batch, outs, ospec, layouts):
 def _release(batch: list, ready: dict, agenda: bool) -> None:
     """Count down the users of a finished batch; users with no inputs left become ready."""
     for u in batch:
-        if type(u) is Group:
-            users = [v for m in u.members for v in m.users if v.group is not u]
-        else:
-            users = u.users
-        for v in users:
+        for v in u.users:
+            if type(v) is Group and v.done:
+                continue  # dissolved: its members were linked on their own
             v.waiting -= 1
             if v.waiting == 0:
-                g = v.group
-                if g is not None:
-                    g.waiting -= 1
-                    if g.waiting:
-                        continue
-                    v = g
                 key = v.site.sig if agenda else (v.depth, v.site.sig)
                 lst = ready.get(key)
                 if lst is None:
@@ -793,18 +979,16 @@ def _release(batch: list, ready: dict, agenda: bool) -> None:
 
 
 def _agenda_priorities(units: list) -> dict:
-    """Average depth of each signature's pending calls (fused groups' members included)."""
+    """Average depth of each signature's pending calls (a fused group: its own depth)."""
     tot: dict = {}
     for u in units:
-        for x in u.members if type(u) is Group else (u,):
-            s = tot.get(x.site.sig)
-            if s is None:
-                tot[x.site.sig] = [x.depth, 1]
-            else:
-                s[0] += x.depth
-                s[1] += 1
-        if type(u) is Group:
-            tot[u.site.sig] = [u.depth, 1]
+        sig = u.site.sig
+        s = tot.get(sig)
+        if s is None:
+            tot[sig] = [u.depth, 1]
+        else:
+            s[0] += u.depth
+            s[1] += 1
     return {s: v[0] / v[1] for s, v in tot.items()}
 
 
@@ -815,7 +999,7 @@ _PYTHON = {bool: bool, float: float, int: int, Tensor.item: lambda x: x, Tensor.
 def _call_now(fn, spec, vals):
     a, k = rebuild(spec, vals)
     if isinstance(fn, torch.nn.Module):
-        return state._original_call(fn, *a, **k)
+        return state.call_module(fn, a, k)
     return fn(*a, **k)
 
 

@@ -26,9 +26,13 @@ import weakref
 import numpy as np
 import torch
 
-from .gather import FLAT, gather
+from treelstm import ChildSumCell, NaryCell, Schedule  # (dynamic may import treelstm)
+from treelstm import run as run_cell
+
+from .gather import FLAT, gather_rows
+from .nodes import Node
 from .spec import LEAF
-from .values import Lazy
+from .values import Lazy, alias_rows
 
 __all__ = ["Fuser", "Group", "site_key"]
 
@@ -40,10 +44,18 @@ class _GroupSite:
 
 
 class Group:
-    """All fusable calls of one cell in one flush, scheduled as one unit."""
+    """All fusable calls of one cell in one flush, scheduled as one unit.
+
+    Members are `Node`s that are never in the run's pending list: the group holds them, their
+    outputs (`hs`, `cs`, in record order) and the forest's shape (heights, children's slots).
+    Consumers of member outputs wait on the group (one link per consumer, `users`), not on
+    each member, so a tree's calls cost no producer -> consumer links inside the tree.
+    """
 
     __slots__ = (
         "members",
+        "hs",
+        "cs",
         "heights",
         "kid_slots",
         "nkids",
@@ -53,10 +65,15 @@ class Group:
         "waiting",
         "group",
         "done",
+        "users",
+        "last",
+        "lastp",
     )
 
     def __init__(self, key, depth: int) -> None:
         self.members: list = []
+        self.hs: list = []
+        self.cs: list = []
         self.heights: list = []
         self.kid_slots: list = []
         self.nkids: list = []
@@ -67,19 +84,38 @@ class Group:
         self.waiting = 0
         self.group = None
         self.done = False
+        self.users: list = []
+        self.last = None  # the consumer linked last (a consumer links once per group)
+        self.lastp = None  # the producer this group was linked to last
+
+    def clear(self) -> None:
+        """Drop every reference (the run's teardown: no cycle is left for the collector, and
+        a value the user's code still holds keeps its node, not the graph behind it)."""
+        for m in self.members:
+            m.leaves = None
+        for lz in self.hs:  # values the user's code may still hold (a closure's list of
+            lz.node = None  # states, freed only by the collector): they keep nothing
+        for lz in self.cs:
+            lz.node = None
+        for lst in (self.members, self.hs, self.cs, self.users):
+            lst.clear()
+        self.last = self.lastp = None
 
 
 class Fuser:
     def __init__(self, run) -> None:
-        from treelstm import ChildSumCell, NaryCell  # dynamic may import treelstm
-
-        self.owner = run
+        self.profile = run.profile  # (not the run itself: no cycle, the run dies by refcount)
         self.cells = (ChildSumCell, NaryCell)
         self.nary = NaryCell
         self.masks: dict = {}
         self.open: dict = {}  # group key -> Group being recorded
+        self.groups: list = []  # every group of the run (cleared at teardown)
 
     # -- record time ---------------------------------------------------------------------
+    def fusable(self, module) -> bool:
+        """Is `module` one of the library's cells (its calls may join a fused group)?"""
+        return type(module) in self.cells
+
     def _mask_kind(self, mask) -> str | None:
         e = self.masks.get(id(mask))
         if e is None or e[0] is not mask:
@@ -94,44 +130,31 @@ class Fuser:
             e = self.masks[id(mask)] = (mask, kind)
         return e[1]
 
-    def classify(self, node, key) -> None:
-        """Add a recorded cell call to its cell's group if it is fusable."""
-        x, ch, cc, mask = node.leaves
-        if type(mask) is Lazy:
-            return
-        kind = self._mask_kind(mask)
-        fn = key.cell
+    def join(self, run, site, key, args):
+        """The call `args` = (x, child_h, child_c, mask) of a cell at `site` as a member of
+        the cell's group, if it is fusable: its lazy (h, c); else None (record it as an
+        ordinary call). Only x is linked: the children come from inside the group."""
+        x, ch, cc, mask = args
         g = self.open.get(key)
-        if kind == "leaf":
+        e = self.masks.get(id(mask))
+        if e is None or e[0] is not mask:
+            if type(mask) is Lazy:
+                return None
+            e = (mask, self._mask_kind(mask))
+        if e[1] == "leaf":
             if type(ch) is Lazy or type(cc) is Lazy:
-                return
+                return None
             kids = ()
-            height = 0
-        elif kind == "full" and g is not None:
-            kids = _kids(ch, cc, g)
-            if kids is None or (type(fn) is self.nary and len(kids) != fn.n_ary):
-                return
-            height = 1 + max([k.height for k in kids])
+        elif e[1] != "full" or g is None:
+            return None
         else:
-            return
+            kids = _kids(ch, cc, g, key.n)
+            if kids is None:
+                return None
         if g is None:
-            g = self.open[key] = Group(key, node.depth)
-        for k in kids:
-            k.fparent = node
-        node.kids = kids
-        node.height = height
-        node.fparent = None
-        node.group = g
-        node.slot = len(g.members)
-        node.waiting -= 2 * len(kids)  # the children's h and c come from inside the group
-        if node.waiting:
-            g.waiting += 1
-        if node.depth < g.depth:
-            g.depth = node.depth
-        g.members.append(node)
-        g.heights.append(height)
-        g.nkids.append(len(kids))
-        g.kid_slots.extend([k.slot for k in kids])
+            g = self.open[key] = Group(key, 1)
+            self.groups.append(g)
+        return _add_member(run, site, g, args, kids)
 
     # -- flush time ----------------------------------------------------------------------
     def take_groups(self) -> list:
@@ -140,34 +163,43 @@ class Fuser:
         self.open = {}
         return groups
 
-    def dissolve(self, units: list, ready: dict, agenda: bool) -> int:
-        """Turn every group not yet run back into ordinary nodes; return the unit delta."""
+    def dissolve(self, units: list, ready: dict, agenda: bool, dissolved: list) -> int:
+        """Turn every group not yet run back into ordinary nodes (appended to `dissolved`);
+        return the unit delta. Members get the links of ordinary nodes (to x's producers and
+        to their children), and the consumers linked to the group are linked to the members
+        they read instead (one link per value read). The group's own links are dropped (a
+        done group is skipped when its producers finish)."""
         delta = 0
         for g in units:
             if type(g) is not Group or g.done:
                 continue
             g.done = True
             delta += len(g.members) - 1
+            for m, h, c in zip(g.members, g.hs, g.cs, strict=True):
+                m.outs = [h, c]
+                m.users = []
+            for m in g.members:
+                m.waiting = _wait_member(m, g)
+            for u in g.users:
+                if u is not g:
+                    u.waiting += _reads(u, g) - 1  # >= 0 more: it read a member
             for m in g.members:
                 m.group = None
-                m.waiting = sum(
-                    1 for x in m.leaves if type(x) is Lazy for b in _bases(x) if b.src is None
-                )
+                dissolved.append(m)
                 if m.waiting == 0:
                     ready.setdefault(m.site.sig if agenda else (m.depth, m.site.sig), []).append(m)
+            g.users = []
         if delta == 0 and not ready:
             raise RuntimeError("autobatch: scheduling deadlock (please report)")
         return delta
 
     def run(self, g: Group) -> None:
         """One call of the level executor for the whole group; members get their rows."""
-        from treelstm import run as run_cell
-
         t0 = time.perf_counter()
         cell = g.key.cell
-        perm, schedule = _schedule(g, cell, self.nary)
-        order = [g.members[f] for f in perm.tolist()]
-        x = gather([m.leaves[0] for m in order], FLAT)
+        perm, rank, schedule = _schedule(g, cell, self.nary)
+        members = g.members
+        x = gather_rows([members[f].leaves[0] for f in perm.tolist()])
         outer = torch.is_grad_enabled()
         if g.key.grad != outer:
             torch.set_grad_enabled(g.key.grad)
@@ -176,23 +208,113 @@ class Fuser:
         finally:
             if g.key.grad != outer:
                 torch.set_grad_enabled(outer)
-        for s, m in enumerate(order):
-            oh, oc = m.outs
-            oh.src = h
-            oh.lo = s
-            oc.src = c
-            oc.lo = s
+        rows = rank.tolist()  # member (record order) -> its row of h and c
+        for lz, r in zip(g.hs, rows, strict=True):
+            lz.src = h
+            lz.lo = r
+        for lz, r in zip(g.cs, rows, strict=True):
+            lz.src = c
+            lz.lo = r
         g.done = True
-        prof = self.owner.profile
+        prof = self.profile
         if prof is not None:
-            prof.add_fused(g, len(order), schedule.num_levels, time.perf_counter() - t0)
+            prof.add_fused(g, len(members), schedule.num_levels, time.perf_counter() - t0)
+
+
+def _add_member(run, site, g, args, kids):
+    """A member node for the call `args` in group `g` with children `kids`; its (h, c)."""
+    x = args[0]
+    node = Node()
+    node.site = site
+    node.leaves = args
+    node.example = run.current
+    node.count = 1
+    node.users = node.outs = None
+    node.waiting = 0  # the group waits for the members' inputs (x), not the member
+    depth = _wait_for(g, x) + 1 if type(x) is Lazy else 1
+    height = 0
+    for k in kids:
+        if k.height >= height:
+            height = k.height + 1
+        if k.depth >= depth:
+            depth = k.depth + 1
+        g.kid_slots.append(k.slot)
+    node.depth = depth
+    if depth < g.depth or not g.members:
+        g.depth = depth
+    node.height = height
+    node.fparent = False
+    node.group = g
+    members = g.members
+    node.slot = len(members)
+    members.append(node)
+    g.heights.append(height)
+    g.nkids.append(len(kids))
+    mh, mc = site.outs
+    h = Lazy(node, 0, mh)
+    c = Lazy(node, 1, mc)
+    g.hs.append(h)
+    g.cs.append(c)
+    return h, c
+
+
+def _wait_for(g, x: Lazy) -> int:
+    """Make group `g` wait for the producers of x that have not run (one link per producer
+    in a row: a tree's leaves read one embedding call); return x's depth."""
+    depth = 0
+    parts = x.parts
+    if parts is None:
+        bases = (x,)
+    elif parts[0] is alias_rows and parts[2][0].parts is None:
+        bases = parts[2]  # x[j : j + 1] of a stored value (a leaf's word vector)
+    else:
+        bases = _bases(x)
+    for b in bases:
+        p = b.node
+        if p.depth > depth:
+            depth = p.depth
+        if b.src is None:
+            if p.group is not None:
+                p = p.group  # a member's output: wait on its group (perhaps g itself)
+            if p is not g.lastp:
+                g.lastp = p
+                p.users.append(g)
+                g.waiting += 1
+    return depth
+
+
+def _wait_member(m, g) -> int:
+    """Link member `m` of the dissolving group `g` to the producers of its pending inputs
+    (x and the children, as an ordinary node); return how many links it has."""
+    n = 0
+    for x in m.leaves:
+        if type(x) is not Lazy:
+            continue
+        for b in _bases(x):
+            if b.src is None:
+                p = b.node
+                q = p.group
+                (p if q is None or q is g else q).users.append(m)
+                n += 1
+    return n
+
+
+def _reads(node, g) -> int:
+    """Link `node` to the members of `g` whose outputs it reads (still pending); how many."""
+    n = 0
+    for x in node.leaves:
+        if type(x) is not Lazy:
+            continue
+        for b in _bases(x):
+            if b.src is None and b.node.group is g:
+                b.node.users.append(node)
+                n += 1
+    return n
 
 
 def site_key(site):
     """The group key of a call site that may be fusable (a library cell called on one node
     with four tensor arguments), else None."""
-    from treelstm import ChildSumCell, NaryCell
-
     if site.mode != FLAT or site.rows != 1 or type(site.fn) not in (ChildSumCell, NaryCell):
         return None
     if site.spec != _SPEC4:
@@ -205,38 +327,52 @@ def site_key(site):
 
 
 class FuseKey:
-    """(cell, x's per-row meta, grad mode) of a group, interned: hashed by identity."""
+    """(cell, x's per-row meta, grad mode) of a group, interned: hashed by identity. ``n``:
+    the children a call must have (N-ary), or None (Child-Sum: any number)."""
 
-    __slots__ = ("cell", "tail", "grad", "__weakref__")
+    __slots__ = ("cell", "tail", "grad", "n", "__weakref__")
 
     def __init__(self, cell, tail, grad) -> None:
         self.cell, self.tail, self.grad = cell, tail, grad
+        self.n = cell.n_ary if type(cell) is NaryCell else None
 
 
 _keys: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def _kids(ch, cc, g):
-    """The child calls behind child_h / child_c, if they are stacks of group outputs."""
-    if type(ch) is not Lazy or type(cc) is not Lazy or ch.parts is None or cc.parts is None:
+def _kids(ch, cc, g, n):
+    """The pending members of `g` behind child_h / child_c, if they are stacks (dim 1) of
+    their outputs 0 and 1, each member once and claimed by no other parent, `n` of them if n
+    is not None (an N-ary cell); they are marked claimed. Else None."""
+    if type(ch) is not Lazy or type(cc) is not Lazy:
         return None
-    op, d, hp = ch.parts
-    op2, d2, cp = cc.parts
-    if op is not torch.stack or op2 is not torch.stack or d != 1 or d2 != 1:
+    hp = ch.parts
+    cp = cc.parts
+    if hp is None or cp is None or hp[0] is not _STACK or cp[0] is not _STACK:
         return None
-    if len(hp) != len(cp):
+    if hp[1] != 1 or cp[1] != 1 or len(hp[2]) != len(cp[2]):
+        return None
+    if n is not None and len(hp[2]) != n:
         return None
     kids = []
-    for h, c in zip(hp, cp, strict=True):
-        if type(h) is not Lazy or type(c) is not Lazy or h.parts is not None:
-            return None
-        k = h.node
-        if c.node is not k or h.out != 0 or c.out != 1 or h.src is not None:
-            return None
-        if k.group is not g or k.fparent is not None or k in kids:
-            return None
+    for h, c in zip(hp[2], cp[2], strict=True):
+        if type(h) is not Lazy or type(c) is not Lazy:
+            break
+        k = h.node  # a member of the open group g: its outputs are pending, not composites
+        if k is None or k.group is not g or c.node is not k or h.out != 0 or c.out != 1:
+            break
+        if k.fparent:  # claimed by another parent, or twice by this one
+            break
+        k.fparent = True
         kids.append(k)
-    return kids
+    else:
+        return kids
+    for k in kids:
+        k.fparent = False
+    return None
+
+
+_STACK = torch.stack
 
 
 def _bases(x: Lazy):
@@ -248,10 +384,9 @@ def _bases(x: Lazy):
 def _schedule(g: Group, cell, nary_type):
     """Level-major numbering (level = height) of the group's forest, as a `Schedule`.
 
-    Returns (perm, schedule): perm[s] is the member index (record order) of schedule row s.
+    Returns (perm, rank, schedule): perm[s] is the member index (record order) of schedule
+    row s, rank[i] the schedule row of member i.
     """
-    from treelstm import Schedule
-
     N = len(g.members)
     height = np.asarray(g.heights, dtype=np.int64)
     perm = np.argsort(height, kind="stable")
@@ -301,4 +436,4 @@ def _schedule(g: Group, cell, nary_type):
         level_bounds=tuple(ptr.tolist()),
         tree_sizes=tuple(sizes.tolist()),
     )
-    return perm, schedule
+    return perm, slot, schedule

@@ -13,6 +13,11 @@ must be a function of its example, as in check mode: randomness passed in, no si
 so every part follows its own path; a part of one example is an ordinary example. The work a
 split group had recorded is wasted, never wrong: nothing it produced reaches a result.
 Examples holding anything else (a Tree, a list of words) always run one by one.
+
+The common batch, ``list(zip(x, y))`` of a data tensor's rows, needs neither the per-example
+keys nor the stacking: when every example's tensor at one position is row i of one tensor (same
+base, offsets in steps of one row, same shape, strides and dtype, no gradient required), the
+group value is a strided view of that tensor, equal to the stack of the rows (`row_views`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from torch import Tensor
 
 from .values import Lazy, tensor_meta
 
-__all__ = ["Split", "group_example", "lane_groups", "member_results", "stored_group"]
+__all__ = [
+    "INPUT",
+    "Split",
+    "group_example",
+    "lane_groups",
+    "member_results",
+    "row_views",
+    "stored_group",
+]
 
 
 class Split:
@@ -35,16 +48,18 @@ class Split:
 
 
 class _Input:
-    """The producer of a group's inputs: already computed, depth 0."""
+    """The producer of values computed before they were recorded (a lane group's inputs, a
+    lone group's results): depth 0, no group, nobody waits on it."""
 
-    __slots__ = ("depth", "users")
+    __slots__ = ("depth", "users", "group")
 
     def __init__(self) -> None:
         self.depth = 0
         self.users: list = []
+        self.group = None
 
 
-_INPUT = _Input()
+INPUT = _Input()
 
 
 class _NoKey(Exception):
@@ -53,7 +68,7 @@ class _NoKey(Exception):
 
 def _key(obj):
     if isinstance(obj, Tensor):
-        return (obj.shape, obj.dtype, obj.get_device(), obj.requires_grad)
+        return (obj.shape, obj.dtype, obj.device, obj.requires_grad)
     t = type(obj)
     if t in (int, float, bool, str) or obj is None:
         return (t, obj)
@@ -83,9 +98,71 @@ def lane_groups(examples: list) -> list[list[int]]:
     return groups
 
 
+def _row_view(col: list) -> Tensor | None:
+    """The tensors of `col` as one [n, *shape] view, if they are consecutive equal-shaped rows
+    of one tensor (what iterating a tensor, or ``zip(x, y)``, hands out); else None."""
+    t0 = col[0]
+    b = t0._base
+    if b is None or type(t0) is not Tensor or t0.requires_grad or len(col) < 2:
+        return None
+    shape, stride, dtype = t0.shape, t0.stride(), t0.dtype
+    off = t0.storage_offset()
+    step = col[1].storage_offset() - off
+    for t in col:
+        if (
+            type(t) is not Tensor
+            or t._base is not b
+            or t.storage_offset() != off
+            or t.requires_grad
+            or t.dtype is not dtype
+            or t.shape != shape
+            or t.stride() != stride
+        ):
+            return None
+        off += step
+    return b.as_strided((len(col), *shape), (step, *stride), t0.storage_offset())
+
+
+def _row_column(col: list):
+    """One position of every example as a group value (rows of one tensor) or a plain value
+    equal in every example; None if it is neither."""
+    c0 = col[0]
+    if isinstance(c0, Tensor):
+        v = _row_view(col)
+        return None if v is None else stored_group(v)
+    t = type(c0)
+    if t in (int, float, bool, str) or c0 is None:
+        for c in col:
+            if type(c) is not t or c != c0:
+                return None
+        return c0
+    return None
+
+
+def row_views(examples: list):
+    """The group example of ALL `examples` when each of their tensors is a row of one tensor
+    (a tensor, or a tuple / list of tensors and equal plain values), else None."""
+    e0 = examples[0]
+    t = type(e0)
+    try:
+        if t is Tensor:
+            return _row_column(examples)
+        if t is not tuple and t is not list:
+            return None
+        k = len(e0)
+        if any(type(e) is not t or len(e) != k for e in examples):
+            return None
+        cols = [_row_column(list(c)) for c in zip(*examples, strict=True)]
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):  # no strides, ...
+        return None
+    if any(c is None and col0 is not None for c, col0 in zip(cols, e0, strict=True)):
+        return None
+    return t(cols)
+
+
 def stored_group(stacked: Tensor) -> Lazy:
     """A computed group value from its examples' values stacked [G, *shape]."""
-    lz = Lazy(_INPUT, 0, tensor_meta(stacked[0]), count=stacked.shape[0])
+    lz = Lazy(INPUT, 0, tensor_meta(stacked[0]), count=stacked.shape[0])
     lz.src, lz.lo, lz.rows = stacked, 0, None
     return lz
 

@@ -32,7 +32,16 @@ from .gather import FLAT, STACK, gather, index_tensor
 from .spec import LEAF, constant, flatten_out, rebuild
 from .values import Lazy
 
-__all__ = ["FLAT", "STACK", "VMAP", "Rule", "function_rule", "module_rule", "segment_sum"]
+__all__ = [
+    "ELEMENTWISE",
+    "FLAT",
+    "STACK",
+    "VMAP",
+    "Rule",
+    "function_rule",
+    "module_rule",
+    "segment_sum",
+]
 
 VMAP = "vmap"
 
@@ -109,7 +118,9 @@ def segment_sum(x: Tensor, rows: list[int]) -> Tensor:
         x = x.sum(dim=tuple(range(1, x.dim())))
     B = len(rows)
     r0 = rows[0]
-    if all(r == r0 for r in rows):
+    if rows.count(r0) == B:
+        if r0 == 1:
+            return x  # one row each: the sum of one element is the element (no op)
         return x.view(B, r0).sum(1)
     seg = index_tensor([i for i, r in enumerate(rows) for _ in range(r)], x.device)
     return x.new_zeros(B).index_add(0, seg, x)
@@ -616,7 +627,7 @@ class Cat0(Rule):
 # Registry
 # --------------------------------------------------------------------------------------------
 VMAP_RULE = Vmap()
-_ELEMENTWISE = Elementwise()
+ELEMENTWISE = Elementwise()
 _FUNCTIONS: dict = {}
 
 _UNARY = """abs absolute acos arccos acosh asin asinh atan atanh ceil cos cosh deg2rad digamma erf
@@ -629,7 +640,7 @@ _BINARY = """add sub subtract mul multiply div divide true_divide floor_divide r
 float_power atan2 arctan2 maximum minimum fmax fmin eq ne lt le gt ge greater less greater_equal
 less_equal not_equal logical_and logical_or logical_xor bitwise_and bitwise_or bitwise_xor
 hypot copysign xlogy where lerp addcmul addcdiv rsub masked_fill""".split()
-_F_ELEMENTWISE = """relu relu6 elu selu celu leaky_relu gelu silu mish softplus softsign
+_FELEMENTWISE = """relu relu6 elu selu celu leaky_relu gelu silu mish softplus softsign
 tanhshrink hardtanh hardsigmoid hardswish logsigmoid sigmoid tanh threshold dropout
 alpha_dropout""".split()
 
@@ -643,10 +654,10 @@ def _register(rule, names, modules=(torch, Tensor)):
 
 
 def _build_registry() -> None:
-    _register(_ELEMENTWISE, _UNARY + _BINARY)
-    _register(_ELEMENTWISE, _F_ELEMENTWISE, (F,))
+    _register(ELEMENTWISE, _UNARY + _BINARY)
+    _register(ELEMENTWISE, _FELEMENTWISE, (F,))
     _register(
-        _ELEMENTWISE,
+        ELEMENTWISE,
         "add sub mul truediv floordiv mod pow and_ or_ xor lt le gt ge eq ne neg pos abs "
         "invert".split(),
         (operator,),

@@ -36,7 +36,17 @@ class Meta:
     whose arguments agree in tails but not in row counts can still run as one batch.
     """
 
-    __slots__ = ("shape", "dtype", "device", "tail", "rows", "__weakref__")
+    __slots__ = ("shape", "dtype", "device", "tail", "rows", "resized", "__weakref__")
+
+    def with_rows(self, n: int) -> Meta:
+        """This meta with `n` rows (interned; remembered here: aliases ask for it often)."""
+        r = self.resized
+        if r is None:
+            r = self.resized = {}
+        m = r.get(n)
+        if m is None:
+            m = r[n] = meta_of((n, *self.shape[1:]), self.dtype, self.device)
+        return m
 
     def __repr__(self) -> str:
         dims = "x".join(str(d) for d in self.shape) or "scalar"
@@ -56,6 +66,7 @@ def meta_of(shape: tuple, dtype, device) -> Meta:
         m.dtype = dtype
         m.device = device
         m.rows = shape[0] if shape else None
+        m.resized = None
         m.tail = meta_of(shape[1:], dtype, device) if shape else None
         _metas[key] = m
     return m
@@ -72,8 +83,12 @@ _IMMUTABLE = (
 )
 
 
+tls = state.tls  # (read on every recorded call: a module global is the cheapest)
+_COMPOSE = frozenset((torch.stack, torch.cat))
+
+
 def _run():
-    run = state.active()
+    run = tls.run
     if run is None or run.current is None:
         raise RuntimeError(
             "an autobatched value was used outside its example (it escaped the function); "
@@ -100,7 +115,14 @@ class Lazy:
     # -- recording -----------------------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        return _run().function_call(func, args, kwargs or {})
+        run = tls.run
+        if run is None or run.current is None:
+            run = _run()  # (raises: the value escaped its example)
+        if func in _COMPOSE and not kwargs and len(args) == 2:
+            out = run.compose(func, args[0], args[1])  # a node's children stacked: fast
+            if type(out) is Lazy:
+                return out
+        return run.function_call(func, args, kwargs or {})
 
     def __getattr__(self, name: str):
         if name.endswith("_") and not name.startswith("__"):
@@ -204,9 +226,11 @@ class Lazy:
             op, dim, parts = self.parts
             vals = [p.value() if type(p) is Lazy else p.expand(n, *p.shape) for p in parts]
             return op(vals, dim + 1)
+        src = self.src
         if self.rows is None:
-            return self.src.narrow(0, self.lo, n)
-        part = self.src.narrow(0, self.lo, n * self.rows)
+            return src if self.lo == 0 and src.shape[0] == n else src.narrow(0, self.lo, n)
+        m = n * self.rows
+        part = src if self.lo == 0 and src.shape[0] == m else src.narrow(0, self.lo, m)
         return part.reshape(n, self.rows, *part.shape[1:])
 
 
@@ -298,4 +322,12 @@ for _name, _func in {
     "invert": operator.invert,
 }.items():
     setattr(Lazy, f"__{_name}__", _unary(_func))
-Lazy.__getitem__ = _binary(operator.getitem)
+
+
+def _getitem(self, key):
+    run = _run()
+    out = run.row_alias(self, key)  # x[j], x[a:b]: no call (the common case, made fast)
+    return out if out is not None else run.function_call(operator.getitem, (self, key), {})
+
+
+Lazy.__getitem__ = _getitem

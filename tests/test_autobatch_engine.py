@@ -1,0 +1,220 @@
+"""dynamic.autobatch's fast paths keep every promise of the slow ones.
+
+The module-call hook (`nn.Module._call_impl` wrapped for the duration of a map only, inert for
+other threads), examples that are rows of one data tensor (a strided view instead of a stack),
+a lone lane group (its calls run at once, never pausing), fused groups that wait on their
+inputs' producers as a unit: each is compared with the examples run alone in float64 (values
+and gradients, 1e-9), and no run leaves objects, cycles or hooks behind.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from dynamic.autobatch import autobatch, state
+from dynamic.autobatch.fused import Group
+from dynamic.autobatch.lanes import row_views
+from dynamic.autobatch.nodes import Node
+from dynamic.autobatch.values import Lazy
+from tests.strategies import trees
+from tests.test_autobatch import NET, H, TreeModel, assert_batched_equals_alone, halting
+from treelstm import ChildSumCell, Tree
+
+pytestmark = pytest.mark.usefixtures("float64", "one_thread")
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _per_sample(example):
+    """The seed's halting loop on (image row, label): a per-sample loss."""
+    x, y = example
+    h = F.relu(NET.inp(x))
+    steps = 0
+    while steps < 4 and h.norm() < 2.0:
+        h = torch.tanh(NET.hid(h)) * 1.7
+        steps += 1
+    return F.nll_loss(F.log_softmax(NET.out(h), dim=-1), y)
+
+
+# ----------------------------------------------------------------------------------------
+# Rows of one data tensor
+# ----------------------------------------------------------------------------------------
+@FAST
+@given(st.integers(2, 9), st.sampled_from(["plain", "strided", "reversed", "grad", "dtype"]))
+def test_examples_that_are_rows_of_a_tensor_equal_alone(n, kind):
+    """``zip(x, y)`` rows become one view (no copy) when they are consecutive equal rows of
+    one tensor that needs no gradient; anything else is stacked. Both equal running alone."""
+    torch.manual_seed(n)
+    base = torch.randn(n, 12) * 0.5
+    x = base[:, ::2] if kind == "strided" else base[:, :6]
+    if kind == "grad":
+        x = x.clone().requires_grad_()
+    rows = list(x)
+    if kind == "reversed":
+        rows = rows[::-1]
+    y = torch.randint(0, 3, (n,))
+    examples = list(zip(rows, y, strict=True))
+    if kind == "dtype":  # one row of another dtype: not alike, so not a view of one tensor
+        examples[0] = (rows[0].float().double(), y[0])
+    group = row_views(examples)
+    if kind in ("plain", "strided"):
+        assert group is not None and group[0].src.data_ptr() == rows[0].data_ptr()
+        assert torch.equal(group[0].src, torch.stack(rows))
+    else:
+        assert group is None
+    params = list(NET.parameters()) + ([x] if kind == "grad" else [])
+    assert_batched_equals_alone(_per_sample, examples, params)
+
+
+def test_row_views_only_for_tensors_and_equal_plain_values():
+    x = torch.randn(4, 6)
+    assert row_views(list(x)) is not None
+    assert row_views([(r, 1) for r in x]) is not None
+    assert row_views([(r, i) for i, r in enumerate(x)]) is None  # plain values differ
+    assert row_views([(r, None) for r in x]) is not None
+    assert row_views([[r] for r in x]) is not None
+    assert row_views([{"x": r} for r in x]) is None  # (dicts go the general way)
+
+
+# ----------------------------------------------------------------------------------------
+# A lone lane group runs its calls at once
+# ----------------------------------------------------------------------------------------
+def test_a_lone_lane_group_never_pauses_and_equals_alone():
+    torch.manual_seed(3)
+    x = torch.rand(16, 6) * 0.1  # every sample takes all 4 steps: one group, never split
+    examples = list(zip(x, torch.randint(0, 3, (16,)), strict=True))
+    f = assert_batched_equals_alone(_per_sample, examples, list(NET.parameters()), profile=True)
+    f.map(examples)
+    p = f.profile
+    assert p.lane_groups == 1 and p.splits == 0
+    assert p.demands == 0 and p.rounds == 0  # values were ready when asked: no pause, no flush
+    assert sum(s.calls for s in p.signatures.values()) == 16 * sum(
+        s.batches for s in p.signatures.values()
+    )
+
+
+def test_a_lone_group_after_others_finished_still_batches_with_their_pending_calls():
+    """Groups that finished without pausing leave pending calls: the last group is not
+    'alone' until they ran, so one batch still serves all of them."""
+    lin = nn.Linear(4, 3)
+    examples = [(torch.randn(r, 4),) for r in (1, 1, 2, 2, 3, 3)]
+    f = autobatch(lambda e: lin(e[0]).sum() * 2, profile=True)
+    f.map(examples)
+    out = f.map(examples)
+    by_name = {s.name.split(" ")[0]: s for s in f.profile.signatures.values()}
+    assert by_name["Linear"].batches == 1 and by_name["Linear"].calls == 6
+    for o, e in zip(out, examples, strict=True):
+        torch.testing.assert_close(o, lin(e[0]).sum() * 2, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------
+# Trees: fused groups wait as a unit
+# ----------------------------------------------------------------------------------------
+@FAST
+@given(st.lists(trees(max_leaves=7), min_size=2, max_size=6), st.sampled_from(["agenda", "depth"]))
+def test_trees_recorded_in_pieces_across_pauses_equal_alone(forest, policy):
+    """Each tree pauses once in the middle (a value of its first leaf), so groups are
+    recorded over two flushes and consumers link to groups of earlier flushes."""
+    model = TreeModel(ChildSumCell(4, H))
+
+    def paused(tree):
+        first = model.emb(torch.tensor([0]))
+        if first.sum() > 100:  # never true, but it needs the value: a pause
+            return model(tree)
+        return model(tree)
+
+    assert_batched_equals_alone(paused, forest, list(model.parameters()), policy=policy)
+
+
+# ----------------------------------------------------------------------------------------
+# Nothing is left behind
+# ----------------------------------------------------------------------------------------
+def _engine_objects() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) in (Node, Group, Lazy))
+
+
+def _states(model, t, x, hs):
+    """A tree's (h, c) by plain recursion (a module-level function: no closure cycle)."""
+    if t.children:
+        kids = [_states(model, k, x, hs) for k in t.children]
+        h, c = model.cell(
+            model.zero_x,
+            torch.stack([h for h, _ in kids], 1),
+            torch.stack([c for _, c in kids], 1),
+            torch.ones(1, len(kids), dtype=torch.bool),
+        )
+    else:
+        j = len([v for v in hs if v is not None])
+        pad = torch.zeros(1, 0, H)
+        h, c = model.cell(x[j : j + 1], pad, pad, torch.zeros(1, 0, dtype=torch.bool))
+    hs.append(h)
+    return h, c
+
+
+def test_a_run_leaves_no_cycles_and_no_graph_behind():
+    """The engine breaks its own cycles: a map makes no cyclic garbage (the collector has
+    nothing to do after it), and once the results are dropped no node, group or lazy value
+    of it survives."""
+    model = TreeModel(ChildSumCell(4, H))
+    forest = [Tree.from_ptb("(3 (2 good) (4 (2 not) (1 (2 a) (2 film))))"), Tree.from_ptb("(1 a)")]
+
+    def tree_fn(tree):
+        x = model.emb(torch.arange(len(tree.words())) % 9)
+        hs: list = []
+        _states(model, tree, x, hs)
+        return model.head(torch.cat(hs)).sum()
+
+    examples = [torch.rand(6) * s for s in (0.1, 1.0, 3.0)]
+    f, g = autobatch(halting), autobatch(tree_fn)
+    f.map(examples)
+    g.map(forest)
+    gc.collect()
+    before = _engine_objects()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        out = f.map(examples)
+        out2 = g.map(forest)
+        assert gc.collect() == 0  # no cyclic garbage was made
+    finally:
+        if was:
+            gc.enable()
+    del out, out2
+    assert _engine_objects() == before
+
+
+def test_module_calls_outside_a_map_and_on_other_threads_are_untouched():
+    """The hook is on only during a map, and another thread's module call during a map runs
+    as if no map were running (its result is a tensor, computed at once)."""
+    lin = nn.Linear(6, 3)
+    x = torch.randn(2, 6)
+    expected = lin(x)
+    seen: list = []
+    started, done = threading.Event(), threading.Event()
+
+    def other():
+        started.wait(5)
+        seen.append(lin(x))
+        done.set()
+
+    th = threading.Thread(target=other)
+    th.start()
+
+    def fn(v):
+        started.set()
+        done.wait(5)  # the other thread calls the module while this map is active
+        return lin(v)
+
+    autobatch(fn).map([torch.randn(6), torch.randn(6)])
+    th.join(5)
+    assert type(seen[0]) is torch.Tensor and torch.equal(seen[0], expected)
+    assert nn.Module._call_impl is state._original_impl
+    assert nn.Module.__call__ is nn.Module._wrapped_call_impl
+    assert torch.equal(lin(x), expected)
