@@ -112,6 +112,23 @@ def oracle_schedule(s: Schedule) -> Schedule:
 
 
 # -- one training-like step per strategy ----------------------------------------------------
+
+
+def vocab_and_cell(kind: str, trees, hidden: int, emb: int, input_at: str):
+    """The benchmark's word ids (first seen first), N-ary width (the widest node, at least 2;
+    None for Child-Sum) and a fresh cell of `kind` ("childsum" or "nary")."""
+    vocab: dict[str, int] = {}
+    for t in trees:
+        for w in t.flat().words:
+            if w is not None:
+                vocab.setdefault(w, len(vocab))
+    fan_out = max(max(len(n.children) for n in t.postorder()) for t in trees)
+    n_ary = max(2, fan_out) if kind == "nary" else None
+    if kind == "childsum":
+        return vocab, n_ary, ChildSumCell(emb, hidden, input_at=input_at)
+    return vocab, n_ary, NaryCell(emb, hidden, n_ary=n_ary, input_at=input_at)
+
+
 class Bench:
     def __init__(
         self,
@@ -126,17 +143,7 @@ class Bench:
         torch.manual_seed(seed)
         self.kind = kind
         self.device = torch.device(device)
-        self.vocab: dict[str, int] = {}
-        for t in trees:
-            for w in t.flat().words:
-                if w is not None:
-                    self.vocab.setdefault(w, len(self.vocab))
-        fan_out = max(max(len(n.children) for n in t.postorder()) for t in trees)
-        self.n_ary = max(2, fan_out) if kind == "nary" else None
-        if kind == "childsum":
-            self.cell = ChildSumCell(emb, hidden, input_at=input_at)
-        else:
-            self.cell = NaryCell(emb, hidden, n_ary=self.n_ary, input_at=input_at)
+        self.vocab, self.n_ary, self.cell = vocab_and_cell(kind, trees, hidden, emb, input_at)
         self.emb = torch.randn(len(self.vocab) + 1, emb) * 0.1  # frozen; last row = no word
         self.emb[-1] = 0
         self.head = torch.nn.Linear(hidden, 5)

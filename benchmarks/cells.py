@@ -35,25 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.batching import load_trees
+from tests.user_cells import TreeGRU  # a cell written from the protocol alone
 from treelstm import ChildSumCell, build_schedule, explain, run
-
-
-class TreeGRU(nn.Module):
-    """A Child-Sum Tree-GRU written from the cell protocol alone (as tests/user_cells.py)."""
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.W = nn.Linear(input_size, 3 * hidden_size)
-        self.U_zr = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
-        self.U_h = nn.Linear(hidden_size, hidden_size, bias=False)
-
-    def forward(self, x, child_h, child_c, child_mask):
-        m = child_mask.unsqueeze(-1).to(child_h.dtype)
-        h_sum = (child_h * m).sum(1)
-        wz, wr, wh = self.W(x).chunk(3, 1)
-        z, r = torch.sigmoid(torch.cat([wz, wr], 1) + self.U_zr(h_sum)).chunk(2, 1)
-        return (1 - z) * h_sum + z * torch.tanh(wh + self.U_h(r * h_sum))
 
 
 class Bench:

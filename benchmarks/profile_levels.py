@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.batching import load_trees
-from treelstm.cells import ChildSumCell, NaryCell
+from benchmarks.batching import load_trees, vocab_and_cell
 from treelstm.executor import run
 from treelstm.kernels import build
 from treelstm.schedule import build_schedule
@@ -78,17 +77,7 @@ class Step:
 
     def __init__(self, kind: str, trees, hidden: int, emb: int, input_at: str):
         torch.manual_seed(0)
-        self.vocab: dict[str, int] = {}
-        for t in trees:
-            for w in t.flat().words:
-                if w is not None:
-                    self.vocab.setdefault(w, len(self.vocab))
-        fan_out = max(max(len(n.children) for n in t.postorder()) for t in trees)
-        self.n_ary = max(2, fan_out) if kind == "nary" else None
-        if kind == "childsum":
-            self.cell = ChildSumCell(emb, hidden, input_at=input_at)
-        else:
-            self.cell = NaryCell(emb, hidden, n_ary=self.n_ary, input_at=input_at)
+        self.vocab, self.n_ary, self.cell = vocab_and_cell(kind, trees, hidden, emb, input_at)
         self.emb = torch.nn.Embedding(len(self.vocab) + 1, emb)
         self.emb.weight.requires_grad_(False)
         self.head = torch.nn.Linear(hidden, 5)

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from treelstm.kernels.torch_levels import child_sum_weight_grads
+
 __all__ = ["ChildSumNative", "DownNative", "NaryNative"]
 
 
@@ -103,15 +105,7 @@ class ChildSumNative(torch.autograd.Function):
         args = (P, ku, kc, F, KF, dh_out, dc_out, G0, G1, DA, DF, dh, dc, U[:nm], U[nm:],
                 parent, ptr)  # fmt: skip
         _fns(lib, h.dtype).cs_backward(*map(_ptr, args), L, H, og)
-        d_U = torch.cat([DA[n0:].t() @ S0[n0:N], DF.t() @ h])
-        d_inner = None
-        if inner_width is not None:
-            d_inner = DA[n0:]
-            if inner_width > nm:
-                d_f = h.new_zeros(N - n0, H)
-                if pidx is not None:
-                    d_f.index_add_(0, pidx, DF)
-                d_inner = torch.cat([d_inner, d_f], dim=1)
+        d_U, d_inner = child_sum_weight_grads(DA[n0:], DF, S0[n0:N], h, nm, inner_width, pidx)
         return DA[:n0], d_inner, DA.sum(0), DF.sum(0), d_U, None, None, None, None, None, None
 
 

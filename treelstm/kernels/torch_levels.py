@@ -98,6 +98,26 @@ def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
+def child_sum_weight_grads(da_inner, DF, s_inner, h, nm, inner_width, pidx):
+    """The Child-Sum backward's weight side, shared by the PyTorch and the native kernels.
+
+    da_inner [M, nm] d pre-activations of the internal rows, DF [N, H] d forget pre-activation
+    of every edge (row = child), s_inner [M, H] the internal rows' sums of children's h, h [N, H],
+    pidx [N] each child's internal parent row (None: no internal rows). Returns d_U
+    [nm + H, H] and d_inner ([M, inner_width], None without an inner input part).
+    """
+    d_U = torch.cat([da_inner.t() @ s_inner, DF.t() @ h])
+    if inner_width is None:
+        return d_U, None
+    d_inner = da_inner
+    if inner_width > nm:  # the inner part carries W_f x too: its gradient is DF summed per parent
+        d_f = h.new_zeros(da_inner.shape[0], h.shape[1])
+        if pidx is not None:
+            d_f.index_add_(0, pidx, DF)
+        d_inner = torch.cat([d_inner, d_f], dim=1)
+    return d_U, d_inner
+
+
 # --------------------------------------------------------------------------------------------
 # Child-Sum
 # --------------------------------------------------------------------------------------------
@@ -193,15 +213,7 @@ class ChildSumLevels(torch.autograd.Function):
             _gates_backward(k.rows(s, e), dh_l, dc_l, DA[s:e], G[0, s:e])
             if lv:
                 torch.mm(DA[s:e], U_main, out=G[1, s:e])
-        d_U = torch.cat([DA[n0:].t() @ S[0, n0:N], DF.t() @ h])
-        d_inner = None
-        if inner_width is not None:
-            d_inner = DA[n0:]
-            if inner_width > nm:
-                d_f = h.new_zeros(N - n0, H)
-                if pidx is not None:
-                    d_f.index_add_(0, pidx, DF)
-                d_inner = torch.cat([d_inner, d_f], dim=1)
+        d_U, d_inner = child_sum_weight_grads(DA[n0:], DF, S[0, n0:N], h, nm, inner_width, pidx)
         return DA[:n0], d_inner, DA.sum(0), DF.sum(0), d_U, None, None, None, None, None
 
 
