@@ -26,6 +26,18 @@ __all__ = ["PairPrediction", "SentencePrediction", "TreePrediction", "span_texts
 _DIGITS = 4  # decimals of the probabilities written to JSON
 
 
+def _sentence_fields(p) -> dict[str, Any]:
+    """The sentence-level fields every prediction's JSON starts with (its words, root class,
+    class name and probability, and the input's root label)."""
+    return {
+        "sentence": " ".join(normalize_token(w) for w in p.tree.words()),
+        "class": p.root,
+        "label": p.root_label,
+        "prob": round(p.root_prob, _DIGITS),
+        "gold": _plain(p.tree.label),
+    }
+
+
 @dataclass(frozen=True, eq=False)
 class TreePrediction:
     """The classes a sentiment model predicts at every node of ``tree``.
@@ -98,14 +110,7 @@ class TreePrediction:
             }
             for i in range(len(classes))
         ]
-        return {
-            "sentence": " ".join(normalize_token(w) for w in self.tree.words()),
-            "class": self.root,
-            "label": self.root_label,
-            "prob": round(self.root_prob, _DIGITS),
-            "gold": _plain(self.tree.label),
-            "nodes": nodes,
-        }
+        return {**_sentence_fields(self), "nodes": nodes}
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,14 +165,8 @@ class SentencePrediction:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the sentence, its class, name, probability, gold label and the
         probabilities of every class (no ``nodes``: see the class docstring)."""
-        return {
-            "sentence": " ".join(normalize_token(w) for w in self.tree.words()),
-            "class": self.root,
-            "label": self.root_label,
-            "prob": round(self.root_prob, _DIGITS),
-            "gold": _plain(self.tree.label),
-            "probs": torch.round(self.probs.double(), decimals=_DIGITS).tolist(),
-        }
+        probs = torch.round(self.probs.double(), decimals=_DIGITS).tolist()
+        return {**_sentence_fields(self), "probs": probs}
 
 
 @dataclass(frozen=True, eq=False)
