@@ -355,44 +355,41 @@ def _run_per_node(cell, schedule: Schedule, x: Tensor, K: int, direction: str):
     return torch.cat(hs), None if step.h_only else torch.cat(cs)
 
 
-def _run_levels_autograd(cell, schedule: Schedule, x: Tensor, K: int):
-    N, H = schedule.num_nodes, cell.hidden_size
-    slots = _padded_slots(schedule, K)
-    mask = slots < N
+def _generic_steps(cell, x: Tensor, slots: Tensor, mask: Tensor, bounds):
+    """The generic loop, either direction: one `cell` call per row range [s, e) of `bounds`,
+    in order. x [N, in] (rows in loop order), slots [N, K] row of each child slot (N: the
+    zero row), mask [N, K]. Returns h, c [N + 1, H] (row N zero) and whether c is absent."""
+    N, H = x.shape[0], cell.hidden_size
     step = _Step(cell)
     hb = x.new_zeros(N + 1, H)
     cb = x.new_zeros(N + 1, H)  # stays zero for a cell that returns h alone
-    b = schedule.level_bounds
-    for s, e in zip(b[:-1], b[1:], strict=True):
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         ch = slots[s:e]
         h, c = step(x[s:e], hb[ch], cb[ch], mask[s:e])
         # In-place writes into the shared buffer: autograd records (and clones for) each one.
         hb[s:e] = h
         if c is not None:
             cb[s:e] = c
-    return hb[:N], None if step.h_only else cb[:N]
+    return hb, cb, step.h_only
+
+
+def _run_levels_autograd(cell, schedule: Schedule, x: Tensor, K: int):
+    N = schedule.num_nodes
+    slots = _padded_slots(schedule, K)
+    hb, cb, h_only = _generic_steps(cell, x, slots, slots < N, schedule.level_bounds)
+    return hb[:N], None if h_only else cb[:N]
 
 
 def _run_depths_autograd(cell, schedule: Schedule, x: Tensor):
     """Top-down by depth: rows depth-major (`Schedule.down_layout`), each node's one slot its
     parent's state (the dummy zero row N at the roots), then back to schedule order."""
-    N, H = schedule.num_nodes, cell.hidden_size
+    N = schedule.num_nodes
     lay = schedule.down_layout
-    xd = x.index_select(0, lay.order)
     parent = lay.parent.unsqueeze(1)  # [N, 1]
-    mask = parent < N
-    step = _Step(cell)
-    hb = x.new_zeros(N + 1, H)
-    cb = x.new_zeros(N + 1, H)
-    b = lay.bounds
-    for s, e in zip(b[:-1], b[1:], strict=True):
-        p = parent[s:e]
-        h, c = step(xd[s:e], hb[p], cb[p], mask[s:e])
-        hb[s:e] = h
-        if c is not None:
-            cb[s:e] = c
+    xd = x.index_select(0, lay.order)
+    hb, cb, h_only = _generic_steps(cell, xd, parent, parent < N, lay.bounds)
     back = lay.pos
-    return hb.index_select(0, back), None if step.h_only else cb.index_select(0, back)
+    return hb.index_select(0, back), None if h_only else cb.index_select(0, back)
 
 
 def _run_per_tree(cell, schedule: Schedule, x: Tensor, direction: str):
