@@ -21,6 +21,7 @@ from torch import nn
 
 from dynamic.autobatch import autobatch
 from treelstm import Vocab, load_sst
+from treelstm.runtime import add_config_arguments, config_from_args
 
 
 @dataclass
@@ -105,14 +106,13 @@ def evaluate(model, data) -> float:
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="folder holding sst/ (default $TREELSTM_DATA)")
-    for f, v in vars(Config()).items():
-        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    add_config_arguments(p, Config)
     p.add_argument("--dry-run", action="store_true", help="generated sentences, seconds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
+    cfg = config_from_args(Config, args)
     if args.dry_run:
         cfg.train, cfg.test, cfg.epochs, cfg.emb, cfg.hidden = 100, 50, 1, 8, 16
     train_data, test_data, classes, where = load(args, cfg)

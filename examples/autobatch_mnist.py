@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dynamic.autobatch import autobatch
 from dynamic.nets import HaltingNet, RandomBranchNet, RandomDepthNet
+from treelstm.runtime import add_config_arguments, config_from_args
 
 
 @dataclass
@@ -138,14 +139,13 @@ def load(args, cfg: Config):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="folder with MNIST/raw (default $TREELSTM_DATA)")
-    for f, v in vars(Config()).items():
-        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    add_config_arguments(p, Config)
     p.add_argument("--dry-run", action="store_true", help="all three nets, 384 random images")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
+    cfg = config_from_args(Config, args)
     nets = ("halting", "depth", "branch") if args.dry_run else (cfg.net,)
     if args.dry_run:
         cfg.train, cfg.test, cfg.epochs = 256, 128, 1

@@ -22,6 +22,7 @@ from torch import nn
 
 from dynamic.autobatch import autobatch
 from treelstm import NaryCell, Tree, Vocab, build_schedule, load_sst, run
+from treelstm.runtime import add_config_arguments, config_from_args
 
 
 @dataclass
@@ -152,15 +153,14 @@ def load(args, cfg: Config):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="folder holding sst/ (default $TREELSTM_DATA)")
-    for f, v in vars(Config()).items():
-        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    add_config_arguments(p, Config)
     p.add_argument("--compare-level", action="store_true", help="train the level executor too")
     p.add_argument("--dry-run", action="store_true", help="generated trees, a few seconds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
+    cfg = config_from_args(Config, args)
     if args.dry_run:
         cfg.train, cfg.dev, cfg.epochs, cfg.hidden, cfg.emb = 60, 30, 2, 16, 8
     train_trees, dev_trees = load(args, cfg)

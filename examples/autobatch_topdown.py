@@ -21,6 +21,7 @@ from torch import nn
 
 from dynamic.autobatch import autobatch
 from treelstm import ChildSumCell, Tree
+from treelstm.runtime import add_config_arguments, config_from_args
 
 
 @dataclass
@@ -123,14 +124,13 @@ def evaluate(model, trees) -> float:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f, v in vars(Config()).items():
-        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    add_config_arguments(p, Config)
     p.add_argument("--dry-run", action="store_true", help="a few dozen trees, one epoch")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config(**{f: getattr(args, f) for f in vars(Config())})
+    cfg = config_from_args(Config, args)
     if args.dry_run:
         cfg.trees, cfg.test, cfg.epochs, cfg.hidden = 64, 32, 1, 8
     train_trees, test_trees = generated(cfg.trees, cfg.seed), generated(cfg.test, cfg.seed + 1)

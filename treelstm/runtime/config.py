@@ -30,6 +30,7 @@ __all__ = [
     "add_config_arguments",
     "config_defaults",
     "config_diff",
+    "config_from_args",
     "parse_config",
     "pick_device",
     "require_positive",
@@ -94,6 +95,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip=()) ->
         parser.add_argument(
             flag, type=kind, default=f.default, help=help_text, choices=choices.get(f.name)
         )
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """The dataclass ``cls`` from the options `add_config_arguments` added (others ignored)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def parse_config(cls: type, parser: argparse.ArgumentParser, argv=None):
