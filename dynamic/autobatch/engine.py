@@ -389,8 +389,9 @@ class Run:
     def cell_call(self, module, rule, args):
         """A library cell called with (x, child_h, child_c, mask): a member of the cell's
         fused group if it is fusable (see fused.py), else an ordinary call."""
-        # The site, memoized for this run by the lazy arguments' metas and the plain tensors'
-        # identities (the memo keeps those tensors alive: an id is never reused meanwhile)
+        # The site and how the call may fuse, memoized for this run by the lazy arguments'
+        # metas and the plain tensors' identities (the memo keeps those tensors alive: an id
+        # is never reused meanwhile)
         t0 = time.perf_counter() if self.profile is not None else 0.0
         x, ch, cc, mask = args
         memo_key = (
@@ -403,18 +404,17 @@ class Run:
             module.training,
         )
         memo = self.cell_memo.get(memo_key)
-        if memo is not None:
-            site = memo[0]
-        else:
+        if memo is None:
             found = self._site_of(module, rule, args, None, module.training)
             if type(found) is str:
                 return self.alone(module, args, {}, found)
             site = found[0]
-            if site.outs is not None:  # (a site learns its outputs once; then it is final)
-                self.cell_memo[memo_key] = (site, args)
-        key = site.fuse
-        if key is not None and site.outs is not None:
-            out = self.fuser.join(self, site, key, args)
+            if site.outs is None:  # (a site learns its outputs once; then it is final)
+                return self._record_at(site, args)
+            memo = self.cell_memo[memo_key] = (site, args, self.fuser.kind(site, args))
+        site = memo[0]
+        if memo[2]:
+            out = self.fuser.add(self, site, args, memo[2])
             if out is not None:
                 if self.profile is not None:
                     self.profile.record_s += time.perf_counter() - t0

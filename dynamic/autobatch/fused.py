@@ -36,6 +36,8 @@ from .values import Lazy, alias_rows
 
 __all__ = ["Fuser", "Group", "site_key"]
 
+LEAF_CALL, INNER_CALL = 1, 2  # how a call site may fuse (`Fuser.kind`)
+
 _SPEC4 = ((LEAF, LEAF, LEAF, LEAF), None)
 
 
@@ -130,30 +132,37 @@ class Fuser:
             e = self.masks[id(mask)] = (mask, kind)
         return e[1]
 
-    def join(self, run, site, key, args):
-        """The call `args` = (x, child_h, child_c, mask) of a cell at `site` as a member of
-        the cell's group, if it is fusable: its lazy (h, c); else None (record it as an
-        ordinary call). Only x is linked: the children come from inside the group."""
-        x, ch, cc, mask = args
+    def kind(self, site, args) -> int:
+        """How calls at `site` with these plain arguments may fuse (the run memoizes it per
+        argument identities and lazy metas): LEAF_CALL (a plain no-children mask, plain child
+        states), INNER_CALL (a plain all-True mask: fusable if the children are members), or 0."""
+        _, ch, cc, mask = args
+        if site.fuse is None or type(mask) is Lazy:
+            return 0
+        kind = self._mask_kind(mask)
+        if kind == "leaf" and type(ch) is not Lazy and type(cc) is not Lazy:
+            return LEAF_CALL
+        if kind == "full" and type(ch) is Lazy and type(cc) is Lazy:
+            return INNER_CALL
+        return 0
+
+    def add(self, run, site, args, kind: int):
+        """The call `args` = (x, child_h, child_c, mask) of a cell at `site` (of `kind`, see
+        `kind`) as a member of the cell's group: its lazy (h, c); None if it does not fuse
+        (record it as an ordinary call). Only x is linked: the children come from inside
+        the group."""
+        key = site.fuse
         g = self.open.get(key)
-        e = self.masks.get(id(mask))
-        if e is None or e[0] is not mask:
-            if type(mask) is Lazy:
-                return None
-            e = (mask, self._mask_kind(mask))
-        if e[1] == "leaf":
-            if type(ch) is Lazy or type(cc) is Lazy:
-                return None
-            kids = ()
-        elif e[1] != "full" or g is None:
-            return None
-        else:
-            kids = _kids(ch, cc, g, key.n)
-            if kids is None:
-                return None
+        if kind == LEAF_CALL:
+            if g is None:
+                g = self.open[key] = Group(key, 1)
+                self.groups.append(g)
+            return _add_member(run, site, g, args, ())
         if g is None:
-            g = self.open[key] = Group(key, 1)
-            self.groups.append(g)
+            return None
+        kids = _kids(args[1], args[2], g, key.n)
+        if kids is None:
+            return None
         return _add_member(run, site, g, args, kids)
 
     # -- flush time ----------------------------------------------------------------------
@@ -178,6 +187,7 @@ class Fuser:
             for m, h, c in zip(g.members, g.hs, g.cs, strict=True):
                 m.outs = [h, c]
                 m.users = []
+                m.count = 1
             for m in g.members:
                 m.waiting = _wait_member(m, g)
             for u in g.users:
@@ -222,30 +232,33 @@ class Fuser:
 
 
 def _add_member(run, site, g, args, kids):
-    """A member node for the call `args` in group `g` with children `kids`; its (h, c)."""
+    """A member node for the call `args` in group `g` with children `kids`; its (h, c).
+    (The hot path of a tree: only what the group and `_kids` read is set; `dissolve` sets
+    the rest of an ordinary node.)"""
     x = args[0]
     node = Node()
     node.site = site
     node.leaves = args
     node.example = run.current
-    node.count = 1
-    node.users = node.outs = None
-    node.waiting = 0  # the group waits for the members' inputs (x), not the member
     depth = _wait_for(g, x) + 1 if type(x) is Lazy else 1
-    height = 0
-    for k in kids:
-        if k.height >= height:
-            height = k.height + 1
-        if k.depth >= depth:
-            depth = k.depth + 1
-        g.kid_slots.append(k.slot)
+    if kids:
+        height = 0
+        slots = g.kid_slots
+        for k in kids:
+            if k.height >= height:
+                height = k.height + 1
+            if k.depth >= depth:
+                depth = k.depth + 1
+            slots.append(k.slot)
+    else:
+        height = 0
     node.depth = depth
-    if depth < g.depth or not g.members:
+    members = g.members
+    if depth < g.depth or not members:
         g.depth = depth
     node.height = height
     node.fparent = False
     node.group = g
-    members = g.members
     node.slot = len(members)
     members.append(node)
     g.heights.append(height)
