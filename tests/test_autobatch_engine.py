@@ -218,3 +218,85 @@ def test_module_calls_outside_a_map_and_on_other_threads_are_untouched():
     assert nn.Module._call_impl is state._original_impl
     assert nn.Module.__call__ is nn.Module._wrapped_call_impl
     assert torch.equal(lin(x), expected)
+
+
+# ----------------------------------------------------------------------------------------
+# The shortcuts past PyTorch's dispatch: torch.stack / torch.cat and fast module classes
+# ----------------------------------------------------------------------------------------
+_ORIGINAL_STACK, _ORIGINAL_CAT = torch.stack, torch.cat
+
+
+def _no_shortcuts_left() -> None:
+    assert torch.stack is _ORIGINAL_STACK and torch.cat is _ORIGINAL_CAT
+    assert "__call__" not in ChildSumCell.__dict__ and "__call__" not in nn.Linear.__dict__
+    assert not state._installed
+
+
+@FAST
+@given(st.lists(trees(max_leaves=5), min_size=1, max_size=4), st.booleans())
+def test_stack_and_cat_of_every_kind_through_the_shortcut_equal_alone(forest, second):
+    """stack/cat along dims 0, 1, -1, with keywords, tuples, plain tensors among the lazy
+    parts, and a stack of plain tensors only, inside examples: equal to running alone (the
+    second map of a function also takes the fast module classes)."""
+    lin = nn.Linear(4, 4)
+    plain = torch.randn(1, 4)
+
+    def fn(x):
+        a, b = lin(x), torch.tanh(lin(x))
+        s = torch.stack([a, b], 1).sum(1) + torch.stack((a, plain), dim=-1).sum(-1)
+        c = torch.cat([a, b], 0).sum(0, keepdim=True) + torch.cat((a, plain), dim=1)[:, :4]
+        k = torch.stack(tensors=[a, b], dim=0).sum(0) + torch.stack([plain, plain]).sum(0)
+        return (s + c + k).sum()
+
+    xs = [torch.randn(1, 4) * len(t.words()) for t in forest]
+    f = assert_batched_equals_alone(fn, xs, list(lin.parameters()))
+    if second:
+        f.map(xs)
+        assert_batched_equals_alone(fn, xs, list(lin.parameters()))
+    _no_shortcuts_left()
+
+
+def test_shortcuts_are_inert_on_other_threads_and_gone_after_a_map():
+    """During a map, another thread's torch.stack / torch.cat and calls of a module class
+    the map has hooked compute at once, as without autobatch; afterwards nothing is left."""
+    lin = nn.Linear(6, 3)
+    x = torch.randn(2, 6)
+    expected = (lin(x), torch.stack([x, x]), torch.cat([x, x]))
+    seen: list = []
+    started, done = threading.Event(), threading.Event()
+
+    def other():
+        started.wait(5)
+        seen.extend([lin(x), torch.stack([x, x]), torch.cat([x, x])])
+        done.set()
+
+    def fn(v):
+        started.set()
+        done.wait(5)
+        return torch.stack([lin(v), lin(v)]).sum()
+
+    f = autobatch(fn)
+    f.map([torch.randn(6), torch.randn(6)])  # learns that fn calls nn.Linear
+    th = threading.Thread(target=other)
+    th.start()
+    f.map([torch.randn(6), torch.randn(6)])  # nn.Linear.__call__ is the shortcut now
+    th.join(5)
+    for got, want in zip(seen, expected, strict=True):
+        assert type(got) is torch.Tensor and torch.equal(got, want)
+    _no_shortcuts_left()
+
+
+def test_a_failing_example_leaves_no_shortcut_behind():
+    lin = nn.Linear(3, 3)
+
+    def fn(x):
+        h = torch.stack([lin(x), lin(x)], 1)
+        if x.sum() > 100:
+            raise ValueError("too big")
+        return h
+
+    f = autobatch(fn)
+    f.map([torch.randn(3)])
+    with pytest.raises(Exception, match="too big"):
+        f.map([torch.randn(3), torch.full((3,), 50.0)])
+    _no_shortcuts_left()

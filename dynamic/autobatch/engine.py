@@ -60,6 +60,7 @@ __all__ = ["POLICIES", "AutobatchError", "Node", "Run", "Site"]
 POLICIES = ("agenda", "depth")
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _STACK = {torch.stack}
+_TORCH_STACK, _TORCH_CAT = state._torch_stack, state._torch_cat  # (torch.stack is hooked in runs)
 _GETITEM = {operator.getitem, Tensor.__getitem__}
 _UNSQUEEZE = {torch.unsqueeze, Tensor.unsqueeze}
 _SQUEEZE = {torch.squeeze, Tensor.squeeze}
@@ -124,6 +125,10 @@ class Run:
         self.units: dict = {}
         self.eager: dict = {}  # signature -> why its batches run one call at a time
         self.modules: list = []  # every module called, for check mode's parameter names
+        # module classes called in earlier runs of this function: their __call__ goes
+        # straight to `module_call` while this run is active (see state.py)
+        self.called_types = cache.setdefault("module_types", set())
+        self.fast_classes = tuple(self.called_types)
 
     def names(self) -> dict:
         """id(parameter) -> "Module.name" of the modules the examples called (check mode's
@@ -309,6 +314,7 @@ class Run:
             cell = self.fuser is not None and self.fuser.fusable(module)
             entry = self.units[id(module)] = (module, rule, cell)
             self.modules.append(module)
+            self.called_types.add(type(module))
         if entry[2] and not kwargs and len(args) == 4 and self.count == 1:
             return self.cell_call(module, entry[1], args)
         rule = entry[1]
@@ -613,6 +619,18 @@ class Run:
                         waiting += 1
         return depth, waiting
 
+    def compose_call(self, func, args, kwargs):
+        """``torch.stack`` / ``torch.cat`` called inside an example (state.py's shortcut): what
+        ``Lazy.__torch_function__`` does with it, without PyTorch's dispatch."""
+        if not kwargs and len(args) == 2:
+            out = self.compose(func, args[0], args[1])
+            if type(out) is Lazy:
+                return out
+        parts = args[0] if args else kwargs.get("tensors")
+        if (type(parts) is list or type(parts) is tuple) and any(type(p) is Lazy for p in parts):
+            return self.function_call(func, args, kwargs)
+        return func(*args, **kwargs)  # no lazy part: PyTorch's (its errors included)
+
     def compose(self, func, parts, dim):
         """``func(parts, dim)`` (torch.stack / torch.cat) of lazy parts of ONE meta: the
         composite; False if such parts make no composite (dim 0: a call); None if the parts
@@ -628,7 +646,7 @@ class Run:
                 return None
         entry = self.composites.get((func, dim, m0, len(parts)))
         if entry is None:
-            entry = _composite_shape(func is torch.stack, dim, (m0,) * len(parts))
+            entry = _composite_shape(func is _TORCH_STACK, dim, (m0,) * len(parts))
             self.composites[(func, dim, m0, len(parts))] = entry
         if entry is False:
             return False
@@ -1100,4 +1118,4 @@ def _composite_shape(stack: bool, dim, metas: tuple):
             if len(s) != len(s0) or s[:d] != s0[:d] or s[d + 1 :] != s0[d + 1 :]:
                 return False
         shape = (*s0[:d], sum(m.shape[d] for m in metas), *s0[d + 1 :])
-    return (torch.stack if stack else torch.cat, meta_of(shape, m0.dtype, m0.device), d)
+    return (_TORCH_STACK if stack else _TORCH_CAT, meta_of(shape, m0.dtype, m0.device), d)
