@@ -709,33 +709,6 @@ class Run:
         out.parts = (entry[0], entry[2], tuple(parts))
         return out
 
-    def row_alias(self, x: Lazy, arg):
-        """``x[j]`` / ``x[a:b]`` (step 1, not empty) of a lazy x as an alias, or None."""
-        if self.count != 1:
-            return None
-        m = x.meta
-        t = type(arg)
-        if t is slice:
-            n = m.rows
-            if n is None or (arg.step is not None and arg.step != 1):
-                return None
-            a, b = arg.start, arg.stop
-            if type(a) is not int or type(b) is not int or not 0 <= a < b <= n:
-                a, b, _ = arg.indices(n)
-                if b <= a:
-                    return None
-            out = Lazy(None, 0, m.with_rows(b - a))
-            out.parts = (alias_rows, (a, b), (x,))
-            return out
-        if t is int and m.rows is not None:
-            j = arg + m.rows if arg < 0 else arg
-            if not 0 <= j < m.rows:
-                return None
-            out = Lazy(None, 0, m.tail)
-            out.parts = (alias_row, j, (x,))
-            return out
-        return None
-
     def _alias(self, func, args, kwargs):
         """x[j], x[a:b], x.squeeze(0), x.unsqueeze(0) of a lazy x: an alias (see values.py)."""
         if kwargs or len(args) != 2 or type(args[0]) is not Lazy or self.count != 1:

@@ -81,6 +81,10 @@ def _fast_module_call(self, *args, **kwargs):
 def _stack(*args, **kwargs):
     run = tls.run
     if run is not None and run.current is not None:
+        if len(args) == 2 and not kwargs:  # stack(parts, dim): the common case, one call less
+            out = run.compose(_torch_stack, args[0], args[1])
+            if out is not None and out is not False:
+                return out
         return run.compose_call(_torch_stack, args, kwargs)
     return _torch_stack(*args, **kwargs)
 

@@ -324,10 +324,42 @@ for _name, _func in {
     setattr(Lazy, f"__{_name}__", _unary(_func))
 
 
+def _row_alias(x: Lazy, arg):
+    """``x[j]`` / ``x[a:b]`` (step 1, not empty) of a lazy x (one example's) as an alias, or
+    None (then it is a recorded call)."""
+    m = x.meta
+    t = type(arg)
+    if t is slice:
+        n = m.rows
+        if n is None or (arg.step is not None and arg.step != 1):
+            return None
+        a, b = arg.start, arg.stop
+        if type(a) is not int or type(b) is not int or not 0 <= a < b <= n:
+            a, b, _ = arg.indices(n)
+            if b <= a:
+                return None
+        out = Lazy(None, 0, m.with_rows(b - a))
+        out.parts = (alias_rows, (a, b), (x,))
+        return out
+    if t is int and m.rows is not None:
+        j = arg + m.rows if arg < 0 else arg
+        if not 0 <= j < m.rows:
+            return None
+        out = Lazy(None, 0, m.tail)
+        out.parts = (alias_row, j, (x,))
+        return out
+    return None
+
+
 def _getitem(self, key):
-    run = _run()
-    out = run.row_alias(self, key)  # x[j], x[a:b]: no call (the common case, made fast)
-    return out if out is not None else run.function_call(operator.getitem, (self, key), {})
+    run = tls.run
+    if run is None or run.current is None:
+        run = _run()  # (raises: the value escaped its example)
+    if run.count == 1:  # x[j], x[a:b]: no call (a tree's leaf input: the common case)
+        out = _row_alias(self, key)
+        if out is not None:
+            return out
+    return run.function_call(operator.getitem, (self, key), {})
 
 
 Lazy.__getitem__ = _getitem
