@@ -300,3 +300,23 @@ def test_a_failing_example_leaves_no_shortcut_behind():
     with pytest.raises(Exception, match="too big"):
         f.map([torch.randn(3), torch.full((3,), 50.0)])
     _no_shortcuts_left()
+
+
+def test_tensor_attributes_of_lazy_values_are_methods_data_or_refused():
+    """Lazy values answer every Tensor attribute without ``__getattr__``: methods are
+    recorded, data attributes (.T, .requires_grad) wait for the value (each example's own:
+    a lane group's .T was the group's transposed before), in-place methods raise, names
+    Tensor lacks are AttributeErrors."""
+    lin = nn.Linear(3, 3)
+
+    def fn(x):
+        h = lin(x)
+        flag = h.requires_grad
+        return (h.T * torch.arange(1.0, 3.0)).sum() + h.sum(dim=-1).mean() * float(flag)
+
+    xs = [torch.randn(2, 3), torch.randn(2, 3)]
+    assert_batched_equals_alone(fn, xs, list(lin.parameters()))
+    with pytest.raises(Exception, match="immutable"):
+        autobatch(lambda x: lin(x).mul_(2)).map(xs)
+    with pytest.raises(Exception, match="no attribute"):
+        autobatch(lambda x: lin(x).no_such_tensor_attribute).map(xs)
