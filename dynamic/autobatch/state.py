@@ -15,7 +15,11 @@ Process-wide effects of a run, all undone when it ends (also on error):
     is `nn.Module`'s) get a ``__call__`` that goes straight to the run (two Python frames
     less per call: `_wrapped_call_impl` and the hook). Both call the original at once when
     no example is running on this thread. Setting a dunder on such a leaf class re-derives
-    the slots of it and its few subclasses only (microseconds);
+    the slots of it and its few subclasses only (microseconds); and ``handle_torch_function``
+    as `torch.nn.functional` and `torch.functional` see it (their Python functions' route to
+    ``__torch_function__``, ~5 us of Python a call) hands lazy arguments straight to
+    ``Lazy.__torch_function__`` when nothing else could claim the call (no other overloaded
+    argument type, no torch function mode), else calls PyTorch's;
   * the cyclic garbage collector is paused on the running thread (a run allocates ~10 small
     objects per recorded call; generational scans of that young heap cost more than the
     recording itself) and resumed at the end, when the run has broken its own cycles.
@@ -120,9 +124,13 @@ def _uninstall(owner, name: str) -> None:
             setattr(owner, name, entry[1])
 
 
+SHORTCUTS: list = []  # more (owner, name, replacement) of every run (values.py adds some)
+
+
 def _hooks(run) -> list:
     """(owner, name, replacement) of every process-wide hook of `run`."""
     out = [(nn.Module, "_call_impl", _module_call), (torch, "stack", _stack), (torch, "cat", _cat)]
+    out += SHORTCUTS
     for cls in run.fast_classes:  # (under the lock: another run may have hooked it)
         if (cls, "__call__") in _installed or (
             "__call__" not in cls.__dict__ and cls.__call__ is _module_dunder_call

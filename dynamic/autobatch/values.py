@@ -22,7 +22,9 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import Tensor
+import torch.functional
+import torch.nn.functional
+from torch import Tensor, nn
 
 from . import state
 
@@ -412,3 +414,32 @@ def _getitem(self, key):
 
 Lazy.__getitem__ = _getitem
 _tensor_attributes()
+
+
+_torch_handle = torch.overrides.handle_torch_function
+_mode_enabled = torch._C._is_torch_function_mode_enabled
+_PLAIN = (Tensor, nn.Parameter)  # tensor types torch never hands a call to
+
+
+def _handle_torch_function(public_api, relevant_args, *args, **kwargs):
+    """``handle_torch_function`` of `torch.nn.functional` / `torch.functional` during a run
+    (see state.py): a call whose overloaded arguments are all lazy values goes to
+    ``Lazy.__torch_function__`` directly, as PyTorch's would send it (the same arguments)."""
+    run = tls.run
+    if run is not None and run.current is not None and not _mode_enabled():
+        lazy = False
+        for a in relevant_args:
+            t = type(a)
+            if t is Lazy:
+                lazy = True
+            elif t not in _PLAIN and hasattr(t, "__torch_function__"):
+                lazy = False  # another overloaded type: PyTorch's rules decide
+                break
+        if lazy:
+            return Lazy.__torch_function__(public_api, (Lazy,), args, kwargs)
+    return _torch_handle(public_api, relevant_args, *args, **kwargs)
+
+
+for _module in (torch.nn.functional, torch.functional):
+    if _module.handle_torch_function is _torch_handle:
+        state.SHORTCUTS.append((_module, "handle_torch_function", _handle_torch_function))
