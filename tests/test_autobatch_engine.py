@@ -21,7 +21,7 @@ from torch import nn
 
 from dynamic.autobatch import autobatch, state
 from dynamic.autobatch.fused import Group
-from dynamic.autobatch.lanes import row_views
+from dynamic.autobatch.lanes import stacked_rows
 from dynamic.autobatch.nodes import Node
 from dynamic.autobatch.values import Lazy
 from tests.strategies import trees
@@ -47,10 +47,11 @@ def _per_sample(example):
 # Rows of one data tensor
 # ----------------------------------------------------------------------------------------
 @FAST
-@given(st.integers(2, 9), st.sampled_from(["plain", "strided", "reversed", "grad", "dtype"]))
+@given(st.integers(2, 9), st.sampled_from(["plain", "strided", "reversed", "grad", "copied"]))
 def test_examples_that_are_rows_of_a_tensor_equal_alone(n, kind):
-    """``zip(x, y)`` rows become one view (no copy) when they are consecutive equal rows of
-    one tensor that needs no gradient; anything else is stacked. Both equal running alone."""
+    """``zip(x, y)`` rows become one group at once (their stack, no per-example keys) when
+    they are alike: plain tensors of one shape and dtype that all need a gradient or none;
+    else the general lane keys decide. Both equal running alone."""
     torch.manual_seed(n)
     base = torch.randn(n, 12) * 0.5
     x = base[:, ::2] if kind == "strided" else base[:, :6]
@@ -61,26 +62,28 @@ def test_examples_that_are_rows_of_a_tensor_equal_alone(n, kind):
         rows = rows[::-1]
     y = torch.randint(0, 3, (n,))
     examples = list(zip(rows, y, strict=True))
-    if kind == "dtype":  # one row of another dtype: not alike, so not a view of one tensor
-        examples[0] = (rows[0].float().double(), y[0])
-    group = row_views(examples)
-    if kind in ("plain", "strided"):
-        assert group is not None and group[0].src.data_ptr() == rows[0].data_ptr()
-        assert torch.equal(group[0].src, torch.stack(rows))
-    else:
-        assert group is None
+    if kind == "copied":  # one row rounded and copied: no view of the others, still alike
+        rows[0] = rows[0].float().double()
+        examples[0] = (rows[0], y[0])
+    group = stacked_rows(examples)
+    assert group is not None and torch.equal(group[0].src, torch.stack(rows))
+    assert group[0].src.requires_grad == (kind == "grad")
     params = list(NET.parameters()) + ([x] if kind == "grad" else [])
     assert_batched_equals_alone(_per_sample, examples, params)
 
 
-def test_row_views_only_for_tensors_and_equal_plain_values():
+def test_stacked_rows_only_for_alike_tensors_and_equal_plain_values():
     x = torch.randn(4, 6)
-    assert row_views(list(x)) is not None
-    assert row_views([(r, 1) for r in x]) is not None
-    assert row_views([(r, i) for i, r in enumerate(x)]) is None  # plain values differ
-    assert row_views([(r, None) for r in x]) is not None
-    assert row_views([[r] for r in x]) is not None
-    assert row_views([{"x": r} for r in x]) is None  # (dicts go the general way)
+    assert stacked_rows(list(x)) is not None
+    assert stacked_rows([(r, 1) for r in x]) is not None
+    assert stacked_rows([(r, i) for i, r in enumerate(x)]) is None  # plain values differ
+    assert stacked_rows([(r, None) for r in x]) is not None
+    assert stacked_rows([[r] for r in x]) is not None
+    assert stacked_rows([{"x": r} for r in x]) is None  # (dicts go the general way)
+    assert stacked_rows([x[0], x[1, :5]]) is None  # shapes differ
+    assert stacked_rows([x[0], x[1].to(torch.float32)]) is None  # dtypes differ (x: float64)
+    assert stacked_rows([x[0], x[1].clone().requires_grad_()]) is None  # gradient or not
+    assert stacked_rows([nn.Parameter(x[0]), nn.Parameter(x[1])]) is None  # not plain tensors
 
 
 # ----------------------------------------------------------------------------------------

@@ -40,7 +40,15 @@ from torch import Tensor
 from . import state
 from .fused import Fuser, Group, site_key
 from .gather import FLAT, STACK
-from .lanes import INPUT, Split, group_example, lane_groups, member_results, row_views, stored_group
+from .lanes import (
+    INPUT,
+    Split,
+    group_example,
+    lane_groups,
+    member_results,
+    stacked_rows,
+    stored_group,
+)
 from .nodes import Node, Site
 from .rules import ELEMENTWISE, VMAP, VMAP_RULE, Cat0, function_rule, module_rule
 from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
@@ -151,8 +159,8 @@ class Run:
         with state.activated(self):
             try:
                 self.main = greenlet.getcurrent()
-                rows = row_views(self.examples) if self.lanes and n > 1 else None
-                if rows is not None:  # rows of one data tensor: one group, no stacking
+                rows = stacked_rows(self.examples) if self.lanes and n > 1 else None
+                if rows is not None:  # alike tensors (rows of a data tensor): one group
                     self._new_task(list(range(n)), rows)
                 else:
                     for members in (
