@@ -325,3 +325,39 @@ def test_tensor_attributes_of_lazy_values_are_methods_data_or_refused():
         autobatch(lambda x: lin(x).mul_(2)).map(xs)
     with pytest.raises(Exception, match="no attribute"):
         autobatch(lambda x: lin(x).no_such_tensor_attribute).map(xs)
+
+
+@FAST
+@given(st.lists(trees(max_leaves=6, max_children=2), min_size=1, max_size=4), st.booleans())
+def test_second_map_of_trees_through_the_cell_shortcut_equals_alone(forest, nary):
+    """From its second map a function's cell calls go through the cell classes' shortcut
+    (`__call__` straight to the run's cell path): values and gradients still equal alone."""
+    from treelstm import NaryCell
+
+    cell = NaryCell(4, H, n_ary=2) if nary else ChildSumCell(4, H)
+    model = TreeModel(cell)
+    params = list(model.parameters())
+    seen: list = []
+
+    def fn(tree):
+        seen.append(type(cell).__dict__.get("__call__"))
+        return model(tree)
+
+    f = autobatch(fn)
+    f.map(forest)
+    seen.clear()
+    batched = f.map(forest)
+    assert seen and all(s is state._fast_cell_call for s in seen)
+    alone = [model(t) for t in forest]
+    for (bs, bh), (as_, ah) in zip(batched, alone, strict=True):
+        torch.testing.assert_close(bs, as_, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(bh, ah, rtol=1e-9, atol=1e-9)
+    sb = sum(s + h.sum() * 0.5 for s, h in batched)
+    sa = sum(s + h.sum() * 0.5 for s, h in alone)
+    for gb, ga in zip(torch.autograd.grad(sb, params, allow_unused=True),
+                      torch.autograd.grad(sa, params, allow_unused=True), strict=True):  # fmt: skip
+        if ga is None:
+            assert gb is None or not gb.abs().max() > 0
+        else:
+            torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-9)
+    _no_shortcuts_left()

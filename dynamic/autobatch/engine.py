@@ -137,6 +137,7 @@ class Run:
         # straight to `module_call` while this run is active (see state.py)
         self.called_types = cache.setdefault("module_types", set())
         self.fast_classes = tuple(self.called_types)
+        self.cell_classes = () if self.fuser is None else self.fuser.cells  # (exact types)
 
     def names(self) -> dict:
         """id(parameter) -> "Module.name" of the modules the examples called (check mode's
@@ -314,8 +315,8 @@ class Run:
     # ------------------------------------------------------------------------------------
     # Recording
     # ------------------------------------------------------------------------------------
-    def module_call(self, module, args, kwargs):
-        """nn.Module.__call__ inside an example: one node, or the forward traced op by op."""
+    def _unit(self, module) -> tuple:
+        """(module, its rule, whether its calls may fuse), made at its first call in a run."""
         entry = self.units.get(id(module))
         if entry is None or entry[0] is not module:
             rule = module_rule(module, self.rowwise)
@@ -323,6 +324,13 @@ class Run:
             entry = self.units[id(module)] = (module, rule, cell)
             self.modules.append(module)
             self.called_types.add(type(module))
+        return entry
+
+    def module_call(self, module, args, kwargs):
+        """nn.Module.__call__ inside an example: one node, or the forward traced op by op."""
+        entry = self.units.get(id(module))
+        if entry is None or entry[0] is not module:
+            entry = self._unit(module)
         if entry[2] and not kwargs and len(args) == 4 and self.count == 1:
             return self.cell_call(module, entry[1], args)
         rule = entry[1]
@@ -402,7 +410,8 @@ class Run:
 
     def cell_call(self, module, rule, args):
         """A library cell called with (x, child_h, child_c, mask): a member of the cell's
-        fused group if it is fusable (see fused.py), else an ordinary call."""
+        fused group if it is fusable (see fused.py), else an ordinary call. (`rule`: the
+        module's, or None when state.py's shortcut for fusable cell classes calls.)"""
         # The site and how the call may fuse, memoized for this run by the lazy arguments'
         # metas and the plain tensors' identities (the memo keeps those tensors alive: an id
         # is never reused meanwhile)
@@ -419,6 +428,8 @@ class Run:
         )
         memo = self.cell_memo.get(memo_key)
         if memo is None:
+            if rule is None:
+                rule = self._unit(module)[1]
             found = self._site_of(module, rule, args, None, module.training)
             if type(found) is str:
                 return self.alone(module, args, {}, found)

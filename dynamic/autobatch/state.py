@@ -82,6 +82,17 @@ def _fast_module_call(self, *args, **kwargs):
     return _module_dunder_call(self, *args, **kwargs)
 
 
+def _fast_cell_call(self, *args, **kwargs):
+    """``__call__`` of a fusable cell class during a run (a fused run's `cell_classes`): a
+    call on one tree node goes straight to the run's cell path."""
+    run = tls.run
+    if run is not None and run.current is not None and self._compiled_call_impl is None:
+        if len(args) == 4 and not kwargs and run.count == 1 and type(self) in run.cell_classes:
+            return run.cell_call(self, None, args)
+        return run.module_call(self, args, kwargs)
+    return _module_dunder_call(self, *args, **kwargs)
+
+
 def _stack(*args, **kwargs):
     run = tls.run
     if run is not None and run.current is not None:
@@ -135,7 +146,8 @@ def _hooks(run) -> list:
         if (cls, "__call__") in _installed or (
             "__call__" not in cls.__dict__ and cls.__call__ is _module_dunder_call
         ):
-            out.append((cls, "__call__", _fast_module_call))
+            fast = _fast_cell_call if cls in run.cell_classes else _fast_module_call
+            out.append((cls, "__call__", fast))
     return out
 
 
