@@ -361,3 +361,25 @@ def test_second_map_of_trees_through_the_cell_shortcut_equals_alone(forest, nary
         else:
             torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-9)
     _no_shortcuts_left()
+
+
+@FAST
+@given(
+    st.lists(trees(max_leaves=6), min_size=1, max_size=4),
+    st.sampled_from(["plain", "grad", "lazy"]),
+)
+def test_fused_inputs_at_leaves_with_any_internal_x_equal_alone(forest, inner):
+    """A cell with input at the leaves ignores internal nodes' x: the fused call gives them
+    zero rows when their x is plain and needs no gradient, else gathers them (their
+    gradient is zero, not absent, as when each node runs alone)."""
+    model = TreeModel(ChildSumCell(4, H, input_at="leaves"))
+    extra = torch.randn(1, 4, requires_grad=inner == "grad")
+    model.zero_x = extra
+    params = list(model.parameters()) + ([extra] if inner == "grad" else [])
+
+    def fn(tree):
+        if inner == "lazy":  # every internal x is a lazy value needing a gradient
+            model.zero_x = torch.tanh(model.emb(torch.tensor([0])))
+        return model(tree)
+
+    assert_batched_equals_alone(fn, forest, params)

@@ -71,6 +71,7 @@ class Group:
         "last",
         "lastp",
         "claimed_height",
+        "inner_x",
     )
 
     def __init__(self, key, depth: int) -> None:
@@ -91,6 +92,7 @@ class Group:
         self.last = None  # the consumer linked last (a consumer links once per group)
         self.lastp = None  # the producer this group was linked to last
         self.claimed_height = 0  # (`_kids` to `_add_member`: the height of a new parent)
+        self.inner_x = False  # an internal member's x is lazy or needs a gradient
 
     def clear(self) -> None:
         """Drop every reference (the run's teardown: no cycle is left for the collector, and
@@ -210,8 +212,7 @@ class Fuser:
         t0 = time.perf_counter()
         cell = g.key.cell
         perm, rank, schedule = _schedule(g, cell, self.nary)
-        members = g.members
-        x = gather_rows([members[f].leaves[0] for f in perm.tolist()])
+        x = _inputs(g, perm.tolist(), schedule.num_leaves, cell.input_at == "leaves")
         outer = torch.is_grad_enabled()
         if g.key.grad != outer:
             torch.set_grad_enabled(g.key.grad)
@@ -230,7 +231,18 @@ class Fuser:
         g.done = True
         prof = self.profile
         if prof is not None:
-            prof.add_fused(g, len(members), schedule.num_levels, time.perf_counter() - t0)
+            prof.add_fused(g, len(g.members), schedule.num_levels, time.perf_counter() - t0)
+
+
+def _inputs(g: Group, order: list, num_leaves: int, at_leaves: bool):
+    """x [N, input_size] of the group's members in schedule order. A cell with input at the
+    leaves reads the leaves' rows only (`input_parts`), so when no internal member's x is
+    lazy or needs a gradient (`g.inner_x`), internal rows are zeros instead of a gather."""
+    members = g.members
+    if not at_leaves or g.inner_x or num_leaves in (0, len(order)):
+        return gather_rows([members[f].leaves[0] for f in order])
+    xl = gather_rows([members[f].leaves[0] for f in order[:num_leaves]])
+    return torch.cat([xl, xl.new_zeros(len(order) - num_leaves, xl.shape[1])])
 
 
 def _add_member(run, site, g, args, nkids: int, depth: int):
@@ -247,6 +259,10 @@ def _add_member(run, site, g, args, nkids: int, depth: int):
         d = _wait_for(g, x) + 1
         if d > depth:
             depth = d
+        if nkids:
+            g.inner_x = True
+    elif nkids and x.requires_grad:
+        g.inner_x = True
     node.depth = depth
     members = g.members
     if depth < g.depth or not members:
