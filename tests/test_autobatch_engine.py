@@ -383,3 +383,27 @@ def test_fused_inputs_at_leaves_with_any_internal_x_equal_alone(forest, inner):
         return model(tree)
 
     assert_batched_equals_alone(fn, forest, params)
+
+
+def test_a_module_class_that_refuses_the_shortcut_still_runs():
+    """A module class whose metaclass forbids setting ``__call__`` keeps PyTorch's path."""
+
+    class Frozen(type(nn.Module)):
+        def __setattr__(cls, name, value):
+            if name == "__call__":
+                raise TypeError("frozen class")
+            super().__setattr__(name, value)
+
+    class Scale(nn.Module, metaclass=Frozen):
+        def forward(self, x):
+            return x * 2.0
+
+    mod = Scale()
+    f = autobatch(lambda x: mod(x).sum())
+    xs = [torch.randn(3), torch.randn(3)]
+    f.map(xs)
+    out = f.map(xs)  # Scale is one of the function's module classes now
+    for o, x in zip(out, xs, strict=True):
+        torch.testing.assert_close(o, (x * 2.0).sum())
+    assert "__call__" not in Scale.__dict__
+    _no_shortcuts_left()

@@ -115,13 +115,20 @@ _installed: dict = {}  # (owner, name) -> [users, the original attribute or _ABS
 _ABSENT = object()
 
 
-def _install(owner, name: str, value) -> None:
-    """Set ``owner.name = value`` for one more user (the first one saves the original)."""
+def _install(owner, name: str, value) -> bool:
+    """Set ``owner.name = value`` for one more user (the first one saves the original);
+    False if the owner refuses the attribute (a class whose metaclass forbids it: its calls
+    simply take PyTorch's path)."""
     entry = _installed.get((owner, name))
     if entry is None:
-        entry = _installed[(owner, name)] = [0, owner.__dict__.get(name, _ABSENT)]
-        setattr(owner, name, value)
+        original = owner.__dict__.get(name, _ABSENT)
+        try:
+            setattr(owner, name, value)
+        except (AttributeError, TypeError):
+            return False
+        entry = _installed[(owner, name)] = [0, original]
     entry[0] += 1
+    return True
 
 
 def _uninstall(owner, name: str) -> None:
@@ -157,9 +164,7 @@ def activated(run):
     if tls.run is not None:
         raise RuntimeError("autobatch runs cannot be nested (an example called autobatch again)")
     with _lock:
-        hooks = _hooks(run)
-        for owner, name, value in hooks:
-            _install(owner, name, value)
+        hooks = [h for h in _hooks(run) if _install(*h)]
     gc_was_enabled = gc.isenabled()
     gc.disable()
     tls.run = run
