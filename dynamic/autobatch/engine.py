@@ -40,7 +40,15 @@ from torch import Tensor
 from . import state
 from .fused import Fuser, Group, site_key
 from .gather import FLAT, STACK
-from .lanes import INPUT, Split, group_example, lane_groups, member_results, row_views, stored_group
+from .lanes import (
+    INPUT,
+    Split,
+    group_example,
+    lane_groups,
+    member_results,
+    stacked_rows,
+    stored_group,
+)
 from .nodes import Node, Site
 from .rules import ELEMENTWISE, VMAP, VMAP_RULE, Cat0, function_rule, module_rule
 from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
@@ -60,6 +68,7 @@ __all__ = ["POLICIES", "AutobatchError", "Node", "Run", "Site"]
 POLICIES = ("agenda", "depth")
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _STACK = {torch.stack}
+_TORCH_STACK, _TORCH_CAT = state._torch_stack, state._torch_cat  # (torch.stack is hooked in runs)
 _GETITEM = {operator.getitem, Tensor.__getitem__}
 _UNSQUEEZE = {torch.unsqueeze, Tensor.unsqueeze}
 _SQUEEZE = {torch.squeeze, Tensor.squeeze}
@@ -124,6 +133,11 @@ class Run:
         self.units: dict = {}
         self.eager: dict = {}  # signature -> why its batches run one call at a time
         self.modules: list = []  # every module called, for check mode's parameter names
+        # module classes called in earlier runs of this function: their __call__ goes
+        # straight to `module_call` while this run is active (see state.py)
+        self.called_types = cache.setdefault("module_types", set())
+        self.fast_classes = tuple(self.called_types)
+        self.cell_classes = () if self.fuser is None else self.fuser.cells  # (exact types)
 
     def names(self) -> dict:
         """id(parameter) -> "Module.name" of the modules the examples called (check mode's
@@ -146,8 +160,8 @@ class Run:
         with state.activated(self):
             try:
                 self.main = greenlet.getcurrent()
-                rows = row_views(self.examples) if self.lanes and n > 1 else None
-                if rows is not None:  # rows of one data tensor: one group, no stacking
+                rows = stacked_rows(self.examples) if self.lanes and n > 1 else None
+                if rows is not None:  # alike tensors (rows of a data tensor): one group
                     self._new_task(list(range(n)), rows)
                 else:
                     for members in (
@@ -301,14 +315,22 @@ class Run:
     # ------------------------------------------------------------------------------------
     # Recording
     # ------------------------------------------------------------------------------------
-    def module_call(self, module, args, kwargs):
-        """nn.Module.__call__ inside an example: one node, or the forward traced op by op."""
+    def _unit(self, module) -> tuple:
+        """(module, its rule, whether its calls may fuse), made at its first call in a run."""
         entry = self.units.get(id(module))
         if entry is None or entry[0] is not module:
             rule = module_rule(module, self.rowwise)
             cell = self.fuser is not None and self.fuser.fusable(module)
             entry = self.units[id(module)] = (module, rule, cell)
             self.modules.append(module)
+            self.called_types.add(type(module))
+        return entry
+
+    def module_call(self, module, args, kwargs):
+        """nn.Module.__call__ inside an example: one node, or the forward traced op by op."""
+        entry = self.units.get(id(module))
+        if entry is None or entry[0] is not module:
+            entry = self._unit(module)
         if entry[2] and not kwargs and len(args) == 4 and self.count == 1:
             return self.cell_call(module, entry[1], args)
         rule = entry[1]
@@ -388,9 +410,11 @@ class Run:
 
     def cell_call(self, module, rule, args):
         """A library cell called with (x, child_h, child_c, mask): a member of the cell's
-        fused group if it is fusable (see fused.py), else an ordinary call."""
-        # The site, memoized for this run by the lazy arguments' metas and the plain tensors'
-        # identities (the memo keeps those tensors alive: an id is never reused meanwhile)
+        fused group if it is fusable (see fused.py), else an ordinary call. (`rule`: the
+        module's, or None when state.py's shortcut for fusable cell classes calls.)"""
+        # The site and how the call may fuse, memoized for this run by the lazy arguments'
+        # metas and the plain tensors' identities (the memo keeps those tensors alive: an id
+        # is never reused meanwhile)
         t0 = time.perf_counter() if self.profile is not None else 0.0
         x, ch, cc, mask = args
         memo_key = (
@@ -403,18 +427,19 @@ class Run:
             module.training,
         )
         memo = self.cell_memo.get(memo_key)
-        if memo is not None:
-            site = memo[0]
-        else:
+        if memo is None:
+            if rule is None:
+                rule = self._unit(module)[1]
             found = self._site_of(module, rule, args, None, module.training)
             if type(found) is str:
                 return self.alone(module, args, {}, found)
             site = found[0]
-            if site.outs is not None:  # (a site learns its outputs once; then it is final)
-                self.cell_memo[memo_key] = (site, args)
-        key = site.fuse
-        if key is not None and site.outs is not None:
-            out = self.fuser.join(self, site, key, args)
+            if site.outs is None:  # (a site learns its outputs once; then it is final)
+                return self._record_at(site, args)
+            memo = self.cell_memo[memo_key] = (site, args, self.fuser.kind(site, args))
+        site = memo[0]
+        if memo[2]:
+            out = self.fuser.add(self, site, args, memo[2])
             if out is not None:
                 if self.profile is not None:
                     self.profile.record_s += time.perf_counter() - t0
@@ -613,6 +638,18 @@ class Run:
                         waiting += 1
         return depth, waiting
 
+    def compose_call(self, func, args, kwargs):
+        """``torch.stack`` / ``torch.cat`` called inside an example (state.py's shortcut): what
+        ``Lazy.__torch_function__`` does with it, without PyTorch's dispatch."""
+        if not kwargs and len(args) == 2:
+            out = self.compose(func, args[0], args[1])
+            if type(out) is Lazy:
+                return out
+        parts = args[0] if args else kwargs.get("tensors")
+        if (type(parts) is list or type(parts) is tuple) and any(type(p) is Lazy for p in parts):
+            return self.function_call(func, args, kwargs)
+        return func(*args, **kwargs)  # no lazy part: PyTorch's (its errors included)
+
     def compose(self, func, parts, dim):
         """``func(parts, dim)`` (torch.stack / torch.cat) of lazy parts of ONE meta: the
         composite; False if such parts make no composite (dim 0: a call); None if the parts
@@ -628,7 +665,7 @@ class Run:
                 return None
         entry = self.composites.get((func, dim, m0, len(parts)))
         if entry is None:
-            entry = _composite_shape(func is torch.stack, dim, (m0,) * len(parts))
+            entry = _composite_shape(func is _TORCH_STACK, dim, (m0,) * len(parts))
             self.composites[(func, dim, m0, len(parts))] = entry
         if entry is False:
             return False
@@ -690,33 +727,6 @@ class Run:
         out = Lazy(None, 0, entry[1], self.count)
         out.parts = (entry[0], entry[2], tuple(parts))
         return out
-
-    def row_alias(self, x: Lazy, arg):
-        """``x[j]`` / ``x[a:b]`` (step 1, not empty) of a lazy x as an alias, or None."""
-        if self.count != 1:
-            return None
-        m = x.meta
-        t = type(arg)
-        if t is slice:
-            n = m.rows
-            if n is None or (arg.step is not None and arg.step != 1):
-                return None
-            a, b = arg.start, arg.stop
-            if type(a) is not int or type(b) is not int or not 0 <= a < b <= n:
-                a, b, _ = arg.indices(n)
-                if b <= a:
-                    return None
-            out = Lazy(None, 0, m.with_rows(b - a))
-            out.parts = (alias_rows, (a, b), (x,))
-            return out
-        if t is int and m.rows is not None:
-            j = arg + m.rows if arg < 0 else arg
-            if not 0 <= j < m.rows:
-                return None
-            out = Lazy(None, 0, m.tail)
-            out.parts = (alias_row, j, (x,))
-            return out
-        return None
 
     def _alias(self, func, args, kwargs):
         """x[j], x[a:b], x.squeeze(0), x.unsqueeze(0) of a lazy x: an alias (see values.py)."""
@@ -1100,4 +1110,4 @@ def _composite_shape(stack: bool, dim, metas: tuple):
             if len(s) != len(s0) or s[:d] != s0[:d] or s[d + 1 :] != s0[d + 1 :]:
                 return False
         shape = (*s0[:d], sum(m.shape[d] for m in metas), *s0[d + 1 :])
-    return (torch.stack if stack else torch.cat, meta_of(shape, m0.dtype, m0.device), d)
+    return (_TORCH_STACK if stack else _TORCH_CAT, meta_of(shape, m0.dtype, m0.device), d)

@@ -14,10 +14,12 @@ so every part follows its own path; a part of one example is an ordinary example
 split group had recorded is wasted, never wrong: nothing it produced reaches a result.
 Examples holding anything else (a Tree, a list of words) always run one by one.
 
-The common batch, ``list(zip(x, y))`` of a data tensor's rows, needs neither the per-example
-keys nor the stacking: when every example's tensor at one position is row i of one tensor (same
-base, offsets in steps of one row, same shape, strides and dtype, no gradient required), the
-group value is a strided view of that tensor, equal to the stack of the rows (`row_views`).
+The common batch, ``list(zip(x, y))`` of a data tensor's rows, needs no per-example keys: when
+every example is a tensor, or a tuple / list of tensors and equal plain values, each position
+is checked as a column at once (`stacked_rows`): one ``torch.stack`` of its tensors (in C; it
+refuses unequal shapes or devices) and a type and dtype test per row. (Checking that the rows
+are consecutive views of one tensor, to use a strided view instead of a copy, cost more: 67 vs
+26 us for 128 MNIST rows.)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = [
     "group_example",
     "lane_groups",
     "member_results",
-    "row_views",
+    "stacked_rows",
     "stored_group",
 ]
 
@@ -98,29 +100,22 @@ def lane_groups(examples: list) -> list[list[int]]:
     return groups
 
 
-def _row_view(col: list) -> Tensor | None:
-    """The tensors of `col` as one [n, *shape] view, if they are consecutive equal-shaped rows
-    of one tensor (what iterating a tensor, or ``zip(x, y)``, hands out); else None."""
+def _stacked(col: list) -> Tensor | None:
+    """The tensors of `col` stacked [n, *shape], if they are plain tensors of one shape,
+    dtype and device that all require a gradient or none does (a lane group's condition);
+    else None."""
     t0 = col[0]
-    b = t0._base
-    if b is None or type(t0) is not Tensor or t0.requires_grad or len(col) < 2:
-        return None
-    shape, stride, dtype = t0.shape, t0.stride(), t0.dtype
-    off = t0.storage_offset()
-    step = col[1].storage_offset() - off
+    dtype = t0.dtype
     for t in col:
-        if (
-            type(t) is not Tensor
-            or t._base is not b
-            or t.storage_offset() != off
-            or t.requires_grad
-            or t.dtype is not dtype
-            or t.shape != shape
-            or t.stride() != stride
-        ):
+        if type(t) is not Tensor or t.dtype is not dtype:
             return None
-        off += step
-    return b.as_strided((len(col), *shape), (step, *stride), t0.storage_offset())
+    try:
+        out = torch.stack(col)  # (unequal shapes or devices raise)
+    except RuntimeError:
+        return None
+    if out.requires_grad and not all(t.requires_grad for t in col):
+        return None
+    return out
 
 
 def _row_column(col: list):
@@ -128,7 +123,7 @@ def _row_column(col: list):
     equal in every example; None if it is neither."""
     c0 = col[0]
     if isinstance(c0, Tensor):
-        v = _row_view(col)
+        v = _stacked(col)
         return None if v is None else stored_group(v)
     t = type(c0)
     if t in (int, float, bool, str) or c0 is None:
@@ -139,9 +134,9 @@ def _row_column(col: list):
     return None
 
 
-def row_views(examples: list):
-    """The group example of ALL `examples` when each of their tensors is a row of one tensor
-    (a tensor, or a tuple / list of tensors and equal plain values), else None."""
+def stacked_rows(examples: list):
+    """The group example of ALL `examples` (each a tensor, or a tuple / list of tensors and
+    equal plain values) when they are alike: every position's tensors stacked; else None."""
     e0 = examples[0]
     t = type(e0)
     try:
@@ -153,7 +148,7 @@ def row_views(examples: list):
         if any(type(e) is not t or len(e) != k for e in examples):
             return None
         cols = [_row_column(list(c)) for c in zip(*examples, strict=True)]
-    except (RuntimeError, TypeError, ValueError, NotImplementedError):  # no strides, ...
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
         return None
     if any(c is None and col0 is not None for c, col0 in zip(cols, e0, strict=True)):
         return None

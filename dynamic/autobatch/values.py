@@ -22,7 +22,9 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import Tensor
+import torch.functional
+import torch.nn.functional
+from torch import Tensor, nn
 
 from . import state
 
@@ -123,17 +125,6 @@ class Lazy:
             if type(out) is Lazy:
                 return out
         return run.function_call(func, args, kwargs or {})
-
-    def __getattr__(self, name: str):
-        if name.endswith("_") and not name.startswith("__"):
-            raise TypeError(_IMMUTABLE.format(f"{name}()"))
-        attr = getattr(Tensor, name, None)
-        if attr is None:
-            raise AttributeError(f"'Tensor' object has no attribute {name!r}")
-        if callable(attr):
-            return _Method(attr, self)
-        # A data attribute (.T, .grad, .requires_grad, ...): it needs the concrete value.
-        return getattr(_run().demand(self), name)
 
     def __setitem__(self, key, value):
         raise TypeError(_IMMUTABLE.format("item assignment"))
@@ -269,6 +260,65 @@ class _Method:
         return _run().function_call(self.func, (self.obj, *args), kwargs)
 
 
+class _TensorMethod:
+    """``lazy.name`` of a Tensor method: the method bound to the lazy value (recorded when
+    called). A descriptor on the class, not ``__getattr__``: a class with ``__getattr__``
+    loses CPython's fast attribute reads for every slot (~16 ns a read, ~25 reads a node)."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func) -> None:
+        self.func = func
+
+    def __get__(self, obj, cls=None):
+        return self.func if obj is None else _Method(self.func, obj)
+
+
+class _TensorData:
+    """``lazy.name`` of a Tensor data attribute (.T, .grad, .requires_grad, ...): it needs
+    the concrete value (this example waits for it; a lane group asks each example's)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        # Each example's own attribute: a lane group whose examples' answers differ (or are
+        # tensors, like .T) splits, as for any other concrete value
+        return _run().concrete(obj, operator.attrgetter(self.name))
+
+
+class _InPlace:
+    """``lazy.add_`` and other in-place methods: refused (values are shared)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, cls=None):
+        raise TypeError(_IMMUTABLE.format(f"{self.name}()"))
+
+
+def _tensor_attributes() -> None:
+    """Every public Tensor attribute Lazy does not define itself, as a descriptor."""
+    for name in dir(Tensor):
+        if name.startswith("__") or name in Lazy.__dict__:
+            continue
+        attr = getattr(Tensor, name, None)
+        if attr is None:
+            continue
+        if name.endswith("_"):
+            setattr(Lazy, name, _InPlace(name))
+        elif callable(attr):
+            setattr(Lazy, name, _TensorMethod(attr))
+        else:
+            setattr(Lazy, name, _TensorData(name))
+
+
 def _binary(func, swap: bool = False):
     if swap:
 
@@ -324,10 +374,72 @@ for _name, _func in {
     setattr(Lazy, f"__{_name}__", _unary(_func))
 
 
+def _row_alias(x: Lazy, arg):
+    """``x[j]`` / ``x[a:b]`` (step 1, not empty) of a lazy x (one example's) as an alias, or
+    None (then it is a recorded call)."""
+    m = x.meta
+    t = type(arg)
+    if t is slice:
+        n = m.rows
+        if n is None or (arg.step is not None and arg.step != 1):
+            return None
+        a, b = arg.start, arg.stop
+        if type(a) is not int or type(b) is not int or not 0 <= a < b <= n:
+            a, b, _ = arg.indices(n)
+            if b <= a:
+                return None
+        out = Lazy(None, 0, m.with_rows(b - a))
+        out.parts = (alias_rows, (a, b), (x,))
+        return out
+    if t is int and m.rows is not None:
+        j = arg + m.rows if arg < 0 else arg
+        if not 0 <= j < m.rows:
+            return None
+        out = Lazy(None, 0, m.tail)
+        out.parts = (alias_row, j, (x,))
+        return out
+    return None
+
+
 def _getitem(self, key):
-    run = _run()
-    out = run.row_alias(self, key)  # x[j], x[a:b]: no call (the common case, made fast)
-    return out if out is not None else run.function_call(operator.getitem, (self, key), {})
+    run = tls.run
+    if run is None or run.current is None:
+        run = _run()  # (raises: the value escaped its example)
+    if run.count == 1:  # x[j], x[a:b]: no call (a tree's leaf input: the common case)
+        out = _row_alias(self, key)
+        if out is not None:
+            return out
+    return run.function_call(operator.getitem, (self, key), {})
 
 
 Lazy.__getitem__ = _getitem
+_tensor_attributes()
+
+
+_torch_handle = torch.overrides.handle_torch_function
+_mode_enabled = torch._C._is_torch_function_mode_enabled
+_PLAIN = (Tensor, nn.Parameter)  # tensor types torch never hands a call to
+
+
+def _handle_torch_function(public_api, relevant_args, *args, **kwargs):
+    """``handle_torch_function`` of `torch.nn.functional` / `torch.functional` during a run
+    (see state.py): a call whose overloaded arguments are all lazy values goes to
+    ``Lazy.__torch_function__`` directly, as PyTorch's would send it (the same arguments)."""
+    run = tls.run
+    if run is not None and run.current is not None and not _mode_enabled():
+        lazy = False
+        for a in relevant_args:
+            t = type(a)
+            if t is Lazy:
+                lazy = True
+            elif t not in _PLAIN and hasattr(t, "__torch_function__"):
+                lazy = False  # another overloaded type: PyTorch's rules decide
+                break
+        if lazy:
+            return Lazy.__torch_function__(public_api, (Lazy,), args, kwargs)
+    return _torch_handle(public_api, relevant_args, *args, **kwargs)
+
+
+for _module in (torch.nn.functional, torch.functional):
+    if _module.handle_torch_function is _torch_handle:
+        state.SHORTCUTS.append((_module, "handle_torch_function", _handle_torch_function))
