@@ -176,6 +176,9 @@ def test_train_commands_of_the_rows():
     assert paper.train_command("sst", "sst-binary", sst["constituency-frozen"]) == (
         "python -m treelstm.train sst --mode binary --cell nary --no-forget-input "
         "--freeze-embeddings")  # fmt: skip
+    assert paper.train_command("sst", "sst-fine", sst["constituency-random-normal"]) == (
+        "python -m treelstm.train sst --mode fine --cell nary --no-forget-input "
+        "--embeddings none --emb-init normal")  # fmt: skip
 
 
 @pytest.mark.parametrize("script", ["sst_sentiment.py", "sick_relatedness.py"])

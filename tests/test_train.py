@@ -336,3 +336,25 @@ def test_real_sst_binary_slice_end_to_end(tmp_path):
     assert "glove.6B.50d" in lines[0] and "vocabulary types have a vector" in lines[0]
     assert m["test"]["n"] == 1821 and m["best_dev"]["n"] == 872  # neutral roots dropped
     assert 0.3 < m["test"]["accuracy"] < 1
+
+
+def test_random_vectors_are_drawn_as_emb_init_says():
+    from treelstm.encoders import random_vectors
+
+    torch.manual_seed(0)
+    uniform = random_vectors(2000, 50)
+    normal = random_vectors(2000, 50, "normal")
+    assert uniform.abs().max() <= 0.05 and uniform.std() == pytest.approx(0.1 / 12**0.5, rel=0.02)
+    assert normal.mean().abs() < 0.01 and normal.std() == pytest.approx(1.0, rel=0.02)
+    with pytest.raises(ValueError, match="init 'xavier'"):
+        random_vectors(3, 4, "xavier")
+    cfg = TrainConfig(**vars(tr.build_parser().parse_args(["sst", "--emb-init", "normal"])))
+    for init, std in [("uniform", 0.1 / 12**0.5), ("normal", 1.0)]:  # what the model holds
+        for model in ("treelstm", "lstm"):
+            cell = "nary" if model == "treelstm" else None
+            c = TrainConfig(emb_init=init, model=model, emb_dim=40, cell=cell).resolved()
+            emb = tr.build_model(c, 3000, None).encoder.embedding.weight
+            assert emb.std().item() == pytest.approx(std, rel=0.03), (init, model)
+    assert cfg.emb_init == "normal"
+    with pytest.raises(SystemExit):
+        tr.build_parser().parse_args(["sst", "--emb-init", "xavier"])

@@ -93,7 +93,7 @@ class TreeLSTMKind(ModelKind):
                         double_bias=cfg.double_bias, forget_input=cfg.forget_input)  # fmt: skip
         cell = build_cell(cfg.cell, E, cfg.hidden, **switches)  # a user's module:factory too
         if vectors is None:  # drawn after the cell: the order every earlier run had
-            vectors = random_vectors(vocab_size, E)
+            vectors = random_vectors(vocab_size, E, cfg.emb_init)
         return TreeLSTM(
             vocab_size, cell, embeddings=vectors, freeze_embeddings=cfg.freeze_embeddings
         )
@@ -122,7 +122,7 @@ class SequenceKind(ModelKind):
 
     def encoder(self, cfg: Any, vocab_size: int, vectors: Tensor | None, emb_dim: int) -> nn.Module:
         if vectors is None:
-            vectors = random_vectors(vocab_size, emb_dim)
+            vectors = random_vectors(vocab_size, emb_dim, cfg.emb_init)
         return SequenceLSTM(
             vocab_size,
             vectors.shape[1],
@@ -144,9 +144,15 @@ class SequenceKind(ModelKind):
         return f"{self.name}, d {cfg.hidden}"
 
 
-def random_vectors(vocab_size: int, dim: int) -> Tensor:
-    """[vocab_size, dim] word vectors drawn from uniform(-0.05, 0.05) (torch's global
-    generator), as the reference code draws the vectors of words without a pretrained one."""
+def random_vectors(vocab_size: int, dim: int, init: str = "uniform") -> Tensor:
+    """[vocab_size, dim] word vectors from torch's global generator. ``init="uniform"``:
+    uniform(-0.05, 0.05), as the reference code draws the vectors of words without a
+    pretrained one; ``"normal"``: N(0, 1), the default of Torch7's ``nn.LookupTable`` (what
+    the reference's model holds when no vectors are copied in) and of ``nn.Embedding``."""
+    if init == "normal":
+        return torch.randn(vocab_size, dim)
+    if init != "uniform":
+        raise ValueError(f"random word vectors: init {init!r} is not 'uniform' or 'normal'")
     return torch.empty(vocab_size, dim).uniform_(-0.05, 0.05)
 
 

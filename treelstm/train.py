@@ -94,6 +94,7 @@ class TrainConfig(RunOptions):
     hidden: int | None = None  # memory size d; default: the paper's for the task and model
     embeddings: str | None = None  # GloVe-format text file, "none" = random; default: found
     emb_dim: int = 300  # embedding size when no vectors file is used
+    emb_init: str = "uniform"  # random vectors: uniform(+-0.05) (reference OOV) or normal N(0,1)
     lower: bool | None = None  # lowercase words for lookup; default: if the vectors are uncased
     lr: float = 0.05  # AdaGrad learning rate of every non-embedding weight
     emb_lr: float = 0.1  # plain-SGD learning rate of the embeddings (when tuned)
@@ -120,6 +121,7 @@ class TrainConfig(RunOptions):
         "data_dir", "epochs", "workers", "eval_batch_size", "diverge", "download", "step_delay",
     }  # fmt: skip
     CHOICES = {"mode": ("fine", "binary"), "input_at": ("leaves", "all"), "model": tuple(MODELS),
+               "emb_init": ("uniform", "normal"),
                "parses": ("dependency", "constituency"),
                "select": ("accuracy", "pearson", "spearman", "mse", "kl")}  # fmt: skip
 
@@ -256,7 +258,7 @@ def load_data(cfg: TrainConfig, task: Task | None = None) -> TaskData:
         vectors, coverage = ds.load_vectors(vec_path, vocab, generator=gen)
         note += f"\nvectors: {coverage}"
     elif folder is not None:
-        note += f"; random {cfg.emb_dim}-d embeddings (--embeddings none)"
+        note += f"; random {cfg.emb_dim}-d embeddings, {cfg.emb_init} (--embeddings none)"
     return TaskData(train_set, splits.dev, splits.test, vocab, vectors, note)
 
 
@@ -304,7 +306,7 @@ def _to(batch, device: torch.device):
 def build_model(cfg: TrainConfig, vocab_size: int, vectors: torch.Tensor | None) -> nn.Module:
     """The model of a resolved config: ``--model``'s encoder (`encoders.MODELS`) under the
     task's head (random init from torch's global generator; ``vectors=None``: random word
-    vectors of ``--emb-dim``, uniform(-0.05, 0.05) like the reference's unknown words)."""
+    vectors of ``--emb-dim`` drawn as ``--emb-init`` says)."""
     task = task_of(cfg)
     encoder = task.model.encoder(cfg, vocab_size, vectors, cfg.emb_dim)
     return task.head(encoder, cfg)
