@@ -25,10 +25,17 @@ from dynamic.autobatch.lanes import stacked_rows
 from dynamic.autobatch.nodes import Node
 from dynamic.autobatch.values import Lazy
 from tests.strategies import trees
-from tests.test_autobatch import NET, H, TreeModel, assert_batched_equals_alone, halting
+from tests.test_autobatch import (  # (recording: a fixture)
+    NET,
+    H,
+    TreeModel,
+    assert_batched_equals_alone,
+    halting,
+    recording,  # noqa: F401
+)
 from treelstm import ChildSumCell, Tree
 
-pytestmark = pytest.mark.usefixtures("float64", "one_thread")
+pytestmark = pytest.mark.usefixtures("float64", "one_thread", "recording")
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
