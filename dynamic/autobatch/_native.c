@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 1
+#define ABI 2
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -32,9 +32,10 @@ static Py_ssize_t S_outs, S_fuse, K_n;
 
 /* Python fallbacks and constants, given by `setup` */
 static PyObject *py_compose, *py_cell_call, *py_row_alias, *py_wait_for, *py_record_at,
-    *grad_enabled, *torch_stack, *alias_row, *alias_rows;
+    *grad_enabled, *torch_stack, *alias_row, *alias_rows, *tls, *py_stack, *py_getitem,
+    *py_cell_dunder;
 static PyObject *s_composites, *s_count, *s_current, *s_cell_memo, *s_fuser, *s_open,
-    *s_profile, *s_training, *s_requires_grad;
+    *s_profile, *s_training, *s_requires_grad, *s_run, *s_compiled, *s_cell_classes;
 static PyObject *zero, *one;
 static long LEAF_CALL, INNER_CALL; /* fused.LEAF_CALL, fused.INNER_CALL */
 
@@ -117,13 +118,8 @@ static PyObject *call4(PyObject *fn, PyObject *a, PyObject *b, PyObject *c, PyOb
 /* -- compose ---------------------------------------------------------------------------- */
 /* Run.compose(func, parts, dim): the composite of lazy parts of one meta; False (a call);
  * None (not of that kind). A first (func, dim, meta, n) goes to the Python method. */
-static PyObject *rb_compose(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *compose(PyObject *self, PyObject *func, PyObject *parts, PyObject *dim)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "compose(func, parts, dim)");
-        return NULL;
-    }
-    PyObject *func = args[0], *parts = args[1], *dim = args[2];
     if (!PyList_CheckExact(parts) || PyList_GET_SIZE(parts) == 0)
         Py_RETURN_NONE;
     Py_ssize_t n = PyList_GET_SIZE(parts);
@@ -178,12 +174,8 @@ static PyObject *rb_compose(PyObject *self, PyObject *const *args, Py_ssize_t na
 /* -- row alias -------------------------------------------------------------------------- */
 /* Run.row_alias(x, arg): x[a:b] (ints 0 <= a < b <= rows) or x[j] (an int) of a lazy x as
  * an alias; every other case goes to the Python function (values._row_alias). */
-static PyObject *rb_row_alias(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *row_alias(PyObject *const *args)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "row_alias(x, arg)");
-        return NULL;
-    }
     PyObject *x = args[0], *arg = args[1];
     if (Py_TYPE(x) != LazyT)
         return PyObject_Vectorcall(py_row_alias, args, 2, NULL);
@@ -493,13 +485,8 @@ static PyObject *open_group(PyObject *self, PyObject *key)
 
 /* Run.cell_call(module, rule, args): a member of the cell's open fused group when the call's
  * memo entry says it may fuse and the group is open; else the Python method. */
-static PyObject *rb_cell_call(PyObject *self, PyObject *const *fargs, Py_ssize_t nargs)
+static PyObject *cell_call(PyObject *self, PyObject *module, PyObject *rule, PyObject *args)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "cell_call(module, rule, args)");
-        return NULL;
-    }
-    PyObject *module = fargs[0], *args = fargs[2];
     PyObject *prof = PyObject_GetAttr(self, s_profile);
     if (prof == NULL)
         return NULL;
@@ -548,7 +535,160 @@ python_or_error:
     if (PyErr_Occurred())
         return NULL;
 python:
-    return call4(py_cell_call, self, module, fargs[1], args);
+    return call4(py_cell_call, self, module, rule, args);
+}
+
+static PyObject *rb_compose(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "compose(func, parts, dim)");
+        return NULL;
+    }
+    return compose(self, args[0], args[1], args[2]);
+}
+
+static PyObject *rb_row_alias(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "row_alias(x, arg)");
+        return NULL;
+    }
+    return row_alias(args);
+}
+
+static PyObject *rb_cell_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "cell_call(module, rule, args)");
+        return NULL;
+    }
+    return cell_call(self, args[0], args[1], args[2]);
+}
+
+/* -- the run's hooks (state.py): the common case in C, the rest to the Python hook ------- */
+static PyTypeObject RunBaseType;
+
+/* The run recording on this thread with an example running (and running alone, if
+ * `single`), or NULL (no error): state.tls.run is not a native run, or it is idle */
+static PyObject *active_run(int single)
+{
+    PyObject *run = PyObject_GetAttr(tls, s_run);
+    if (run == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(run, &RunBaseType)) {
+        Py_DECREF(run);
+        return NULL;
+    }
+    PyObject *cur = PyObject_GetAttr(run, s_current);
+    int ok = cur != NULL && cur != Py_None;
+    Py_XDECREF(cur);
+    if (ok && single) {
+        PyObject *count = PyObject_GetAttr(run, s_count);
+        ok = small_int(count) == 1;
+        Py_XDECREF(count);
+    }
+    if (!ok) {
+        PyErr_Clear();
+        Py_DECREF(run);
+        return NULL;
+    }
+    return run;
+}
+
+/* torch.stack during a native run: stack(parts, dim) of lazy parts of one meta is a
+ * composite; anything else is state._stack's */
+static PyObject *stack_hook(PyObject *mod, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+        PyObject *run = active_run(0);
+        if (run != NULL) {
+            PyObject *out = compose(run, torch_stack, args[0], args[1]);
+            Py_DECREF(run);
+            if (out == NULL || Py_TYPE(out) == LazyT)
+                return out;
+            Py_DECREF(out); /* (None or False: the Python hook decides) */
+        }
+    }
+    return PyObject_Vectorcall(py_stack, args, nargsf, kwnames);
+}
+
+/* Lazy.__getitem__ during a native run: x[j], x[a:b] of one example's value as an alias;
+ * anything else is values._getitem's */
+static PyObject *getitem_hook(PyObject *self, PyObject *key)
+{
+    PyObject *run = active_run(1);
+    PyObject *a[2] = {self, key};
+    if (run != NULL) {
+        Py_DECREF(run); /* (only asked whether one is active) */
+        PyObject *out = row_alias(a);
+        if (out == NULL || out != Py_None)
+            return out;
+        Py_DECREF(out);
+    }
+    return PyObject_Vectorcall(py_getitem, a, 2, NULL);
+}
+
+/* A fusable cell class's __call__ during a native run: cell(x, child_h, child_c, mask) on
+ * one example goes to the run's cell path; anything else is state._fast_cell_call's */
+static PyObject *cell_dunder(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    if ((kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0) && PyTuple_GET_SIZE(args) == 4) {
+        PyObject *run = active_run(1);
+        if (run != NULL) {
+            PyObject *compiled = PyObject_GenericGetAttr(self, s_compiled);
+            PyObject *classes = PyObject_GetAttr(run, s_cell_classes);
+            int ok = compiled == Py_None && classes != NULL && PyTuple_CheckExact(classes);
+            if (ok) {
+                ok = 0;
+                for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(classes); i++)
+                    ok = ok || PyTuple_GET_ITEM(classes, i) == (PyObject *)Py_TYPE(self);
+            }
+            Py_XDECREF(compiled);
+            Py_XDECREF(classes);
+            PyErr_Clear();
+            PyObject *out = ok ? cell_call(run, self, Py_None, args) : NULL;
+            Py_DECREF(run);
+            if (ok)
+                return out;
+        }
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    PyObject *all = PyTuple_New(n + 1);
+    if (all == NULL)
+        return NULL;
+    PyTuple_SET_ITEM(all, 0, Py_NewRef(self));
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(all, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+    PyObject *out = PyObject_Call(py_cell_dunder, all, kwargs);
+    Py_DECREF(all);
+    return out;
+}
+
+static PyMethodDef getitem_def = {"__getitem__", (PyCFunction)getitem_hook, METH_O,
+                                  "x[key] of a lazy value (see values._getitem)"};
+static PyMethodDef cell_dunder_def = {"__call__", (PyCFunction)(void (*)(void))cell_dunder,
+                                      METH_VARARGS | METH_KEYWORDS,
+                                      "a fusable cell's call (see state._fast_cell_call)"};
+
+/* hooks(Module): (torch.stack's, Lazy.__getitem__'s, a fusable cell class's __call__) */
+static PyObject *hooks(PyObject *mod, PyObject *module_type)
+{
+    if (!PyType_Check(module_type) || LazyT == NULL) {
+        PyErr_SetString(PyExc_TypeError, "hooks(nn.Module) after setup()");
+        return NULL;
+    }
+    PyObject *st = PyObject_GetAttrString(mod, "stack");
+    PyObject *gi = PyDescr_NewMethod(LazyT, &getitem_def);
+    PyObject *cd = PyDescr_NewMethod((PyTypeObject *)module_type, &cell_dunder_def);
+    PyObject *out = (st && gi && cd) ? PyTuple_Pack(3, st, gi, cd) : NULL;
+    Py_XDECREF(st);
+    Py_XDECREF(gi);
+    Py_XDECREF(cd);
+    return out;
 }
 
 /* -- setup ------------------------------------------------------------------------------ */
@@ -564,16 +704,17 @@ static PyObject *setup(PyObject *mod, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Lazy", "Meta", "Node", "Group", "Site", "FuseKey",
                              "compose", "cell_call", "row_alias", "wait_for", "record_at",
-                             "grad_enabled", "stack", "alias_row", "alias_rows", "leaf_call",
+                             "grad_enabled", "stack", "alias_row", "alias_rows", "tls",
+                             "stack_hook", "getitem_hook", "cell_hook", "leaf_call",
                              "inner_call", NULL};
     PyObject *L, *M, *N, *G, *S, *K;
-    PyObject *f[9];
+    PyObject *f[13];
     long leaf, inner;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!O!O!OOOOOOOOOll:setup", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!O!O!OOOOOOOOOOOOOll:setup", kwlist,
                                      &PyType_Type, &L, &PyType_Type, &M, &PyType_Type, &N,
                                      &PyType_Type, &G, &PyType_Type, &S, &PyType_Type, &K, &f[0],
                                      &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8],
-                                     &leaf, &inner))
+                                     &f[9], &f[10], &f[11], &f[12], &leaf, &inner))
         return NULL;
     const char *ln[] = {"node", "out", "src", "lo", "rows", "meta", "parts", "count", NULL};
     Py_ssize_t *lo[] = {&L_node, &L_out, &L_src, &L_lo, &L_rows, &L_meta, &L_parts, &L_count};
@@ -605,8 +746,9 @@ static PyObject *setup(PyObject *mod, PyObject *args, PyObject *kw)
     Py_XSETREF(NodeT, (PyTypeObject *)Py_NewRef(N));
     Py_XSETREF(GroupT, (PyTypeObject *)Py_NewRef(G));
     PyObject **dst[] = {&py_compose, &py_cell_call, &py_row_alias, &py_wait_for, &py_record_at,
-                        &grad_enabled, &torch_stack, &alias_row, &alias_rows};
-    for (int i = 0; i < 9; i++)
+                        &grad_enabled, &torch_stack, &alias_row, &alias_rows, &tls,
+                        &py_stack, &py_getitem, &py_cell_dunder};
+    for (int i = 0; i < 13; i++)
         Py_XSETREF(*dst[i], Py_NewRef(f[i]));
     LEAF_CALL = leaf;
     INNER_CALL = inner;
@@ -638,6 +780,9 @@ static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(Lazy=, Meta=, ...): the classes and Python fallbacks (see native.py)"},
     {"abi", abi, METH_NOARGS, "the ABI version of this build"},
+    {"hooks", hooks, METH_O, "hooks(nn.Module): the C hooks (after setup)"},
+    {"stack", (PyCFunction)(void (*)(void))stack_hook, METH_FASTCALL | METH_KEYWORDS,
+     "torch.stack during a native run (see state._stack)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -651,11 +796,13 @@ PyMODINIT_FUNC PyInit__autobatch_native(void)
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL)
         return NULL;
-    const char *names[] = {"composites", "count", "current", "cell_memo", "fuser",
-                           "open", "profile", "training", "requires_grad"};
-    PyObject **dst[] = {&s_composites, &s_count, &s_current, &s_cell_memo, &s_fuser,
-                        &s_open, &s_profile, &s_training, &s_requires_grad};
-    for (int i = 0; i < 9; i++)
+    const char *names[] = {"composites", "count",         "current", "cell_memo",
+                           "fuser",      "open",          "profile", "training",
+                           "requires_grad", "run", "_compiled_call_impl", "cell_classes"};
+    PyObject **dst[] = {&s_composites, &s_count,         &s_current, &s_cell_memo,
+                        &s_fuser,      &s_open,          &s_profile, &s_training,
+                        &s_requires_grad, &s_run, &s_compiled, &s_cell_classes};
+    for (int i = 0; i < 12; i++)
         if ((*dst[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return NULL;
     zero = PyLong_FromLong(0);

@@ -37,7 +37,7 @@ import torch
 from greenlet import greenlet
 from torch import Tensor
 
-from . import fused, native, state
+from . import fused, native, state, values
 from .fused import FuseKey, Fuser, Group, site_key
 from .gather import FLAT, STACK
 from .lanes import (
@@ -108,6 +108,10 @@ def name_of(fn) -> str:
 
 class Run:
     """One `map` call: the examples' greenlets, the pending graph and the scheduler."""
+
+    # The C extension's hooks (`run_class`): (torch.stack's, a fusable cell class's __call__,
+    # more (owner, name, value)); None: state.py's Python ones
+    native_hooks = None
 
     def __init__(self, fn, examples, *, policy, fused, rowwise, cache, profile, lanes=True):
         if policy not in POLICIES:
@@ -964,8 +968,9 @@ _native_class: dict = {}  # "cls" -> the native Run subclass, or None (it did no
 def run_class() -> type:
     """The class a map runs: `Run`, or (unless ``TREELSTM_AUTOBATCH_NATIVE=0`` or the C
     extension could not be built, see native.py) its subclass whose `compose`, `row_alias`
-    and `cell_call` are the extension's: the same results, the common case without Python
-    frames, anything else handed to the Python methods above."""
+    and `cell_call` are the extension's, and so are its hooks of ``torch.stack``, a fusable
+    cell class's ``__call__`` and ``Lazy.__getitem__``: the same results, the common case
+    without Python frames, anything else handed to the Python methods and hooks."""
     if not native.enabled():
         return Run
     if "cls" not in _native_class:
@@ -978,10 +983,15 @@ def run_class() -> type:
                     compose=Run.compose, cell_call=Run.cell_call, row_alias=_row_alias,
                     wait_for=fused._wait_for, record_at=Run._record_at,
                     grad_enabled=torch.is_grad_enabled, stack=_TORCH_STACK,
-                    alias_row=alias_row, alias_rows=alias_rows,
+                    alias_row=alias_row, alias_rows=alias_rows, tls=state.tls,
+                    stack_hook=state._stack, getitem_hook=values._getitem,
+                    cell_hook=state._fast_cell_call,
                     leaf_call=fused.LEAF_CALL, inner_call=fused.INNER_CALL,
                 )  # fmt: skip
-                cls = type("NativeRun", (mod.RunBase, Run), {"__module__": __name__})
+                stack, getitem, cell = mod.hooks(torch.nn.Module)
+                attrs = {"__module__": __name__}
+                attrs["native_hooks"] = (stack, cell, ((Lazy, "__getitem__", getitem),))
+                cls = type("NativeRun", (mod.RunBase, Run), attrs)
             except TypeError as e:  # a class's slots changed under the C source
                 native.log.warning("dynamic.autobatch: native recording off (%s)", e)
         _native_class["cls"] = cls

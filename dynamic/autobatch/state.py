@@ -147,13 +147,16 @@ SHORTCUTS: list = []  # more (owner, name, replacement) of every run (values.py 
 
 def _hooks(run) -> list:
     """(owner, name, replacement) of every process-wide hook of `run`."""
-    out = [(nn.Module, "_call_impl", _module_call), (torch, "stack", _stack), (torch, "cat", _cat)]
+    # (the C extension's torch.stack, cell __call__ and more, for a native run: engine.run_class)
+    stack, cell, more = run.native_hooks or (_stack, _fast_cell_call, ())
+    out = [(nn.Module, "_call_impl", _module_call), (torch, "stack", stack), (torch, "cat", _cat)]
     out += SHORTCUTS
+    out += more
     for cls in run.fast_classes:  # (under the lock: another run may have hooked it)
         if (cls, "__call__") in _installed or (
             "__call__" not in cls.__dict__ and cls.__call__ is _module_dunder_call
         ):
-            fast = _fast_cell_call if cls in run.cell_classes else _fast_module_call
+            fast = cell if cls in run.cell_classes else _fast_module_call
             out.append((cls, "__call__", fast))
     return out
 
