@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 2
+#define ABI 3
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -691,6 +691,149 @@ static PyObject *hooks(PyObject *mod, PyObject *module_type)
     return out;
 }
 
+/* -- flush and teardown helpers (fused.py, gather.py) ----------------------------------- */
+static int lazy_list(PyObject *o)
+{
+    if (!PyList_CheckExact(o))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++)
+        if (Py_TYPE(PyList_GET_ITEM(o, i)) != LazyT)
+            return 0;
+    return 1;
+}
+
+/* set_rows(values, src, rows): values[i].src = src, values[i].lo = rows[i] (a fused group's
+ * outputs, after its level executor call) */
+static PyObject *set_rows(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || LazyT == NULL || !lazy_list(args[0]) || !PyList_CheckExact(args[2]) ||
+        PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "set_rows(list of Lazy, src, list of rows)");
+        return NULL;
+    }
+    PyObject *vals = args[0], *src = args[1], *rows = args[2];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(vals); i++) {
+        PyObject *v = PyList_GET_ITEM(vals, i);
+        set_slot(v, L_src, src);
+        set_slot(v, L_lo, PyList_GET_ITEM(rows, i));
+    }
+    Py_RETURN_NONE;
+}
+
+/* drop_links(members, hs, cs): members[i].leaves = None, hs[i].node = cs[i].node = None
+ * (fused.Group.clear) */
+static PyObject *drop_links(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || LazyT == NULL || !PyList_CheckExact(args[0]) || !lazy_list(args[1]) ||
+        !lazy_list(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "drop_links(list of Node, list of Lazy, list of Lazy)");
+        return NULL;
+    }
+    PyObject *members = args[0];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++)
+        if (Py_TYPE(PyList_GET_ITEM(members, i)) != NodeT) {
+            PyErr_SetString(PyExc_TypeError, "drop_links: a member is not a Node");
+            return NULL;
+        }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++)
+        set_slot(PyList_GET_ITEM(members, i), N_leaves, Py_None);
+    for (int k = 1; k < 3; k++)
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[k]); i++)
+            set_slot(PyList_GET_ITEM(args[k], i), L_node, Py_None);
+    Py_RETURN_NONE;
+}
+
+/* row_index(vals): (sources, idx) of values of one row each -- rows of computed results or
+ * x[a : a + 1] of them -- for one index_select over the sources concatenated (gather.
+ * gather_rows); None for anything else (the Python loop decides) */
+static PyObject *row_index(PyObject *mod, PyObject *vals)
+{
+    if (!PyList_CheckExact(vals) || LazyT == NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(vals);
+    PyObject *sources = PyList_New(0), *idx = PyList_New(n), *where = PyDict_New();
+    Py_ssize_t end = 0, i;
+    if (sources == NULL || idx == NULL || where == NULL)
+        goto fail;
+    for (i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(vals, i), *src;
+        Py_ssize_t r;
+        if (Py_TYPE(v) != LazyT)
+            break;
+        PyObject *p = SLOT(v, L_parts);
+        if (p == Py_None) {
+            if (small_int(SLOT(v, L_rows)) != 1)
+                break;
+            src = SLOT(v, L_src);
+            r = small_int(SLOT(v, L_lo));
+        }
+        else if (PyTuple_CheckExact(p) && PyTuple_GET_SIZE(p) == 3 &&
+                 PyTuple_GET_ITEM(p, 0) == alias_rows) {
+            PyObject *bs = PyTuple_GET_ITEM(p, 2), *ab = PyTuple_GET_ITEM(p, 1);
+            if (!PyTuple_CheckExact(bs) || PyTuple_GET_SIZE(bs) < 1 || !PyTuple_CheckExact(ab) ||
+                PyTuple_GET_SIZE(ab) != 2)
+                break;
+            PyObject *b = PyTuple_GET_ITEM(bs, 0);
+            if (Py_TYPE(b) != LazyT || SLOT(b, L_parts) != Py_None || SLOT(b, L_rows) == Py_None)
+                break;
+            Py_ssize_t lo = small_int(SLOT(b, L_lo)), a = small_int(PyTuple_GET_ITEM(ab, 0));
+            if (lo < 0 || a < 0)
+                break;
+            src = SLOT(b, L_src);
+            r = lo + a;
+        }
+        else
+            break;
+        if (r < 0 || src == NULL || src == Py_None)
+            break;
+        PyObject *key = PyLong_FromVoidPtr(src);
+        if (key == NULL)
+            goto fail;
+        PyObject *o = PyDict_GetItemWithError(where, key);
+        Py_ssize_t off;
+        if (o == NULL) {
+            Py_ssize_t size = PyErr_Occurred() ? -1 : PyObject_Size(src);
+            if (size < 0) {
+                Py_DECREF(key);
+                PyErr_Clear();
+                break;
+            }
+            PyObject *e = PyLong_FromSsize_t(end);
+            int bad = e == NULL || PyDict_SetItem(where, key, e) < 0 ||
+                      PyList_Append(sources, src) < 0;
+            Py_XDECREF(e);
+            if (bad) {
+                Py_DECREF(key);
+                goto fail;
+            }
+            off = end;
+            end += size;
+        }
+        else
+            off = PyLong_AsSsize_t(o);
+        Py_DECREF(key);
+        PyObject *at = PyLong_FromSsize_t(off + r);
+        if (at == NULL)
+            goto fail;
+        PyList_SET_ITEM(idx, i, at);
+    }
+    Py_DECREF(where);
+    if (i < n) { /* (idx's unset items are NULL: list dealloc skips them) */
+        Py_DECREF(sources);
+        Py_DECREF(idx);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyTuple_Pack(2, sources, idx);
+    Py_DECREF(sources);
+    Py_DECREF(idx);
+    return out;
+fail:
+    Py_XDECREF(sources);
+    Py_XDECREF(idx);
+    Py_XDECREF(where);
+    return NULL;
+}
+
 /* -- setup ------------------------------------------------------------------------------ */
 static int offsets(PyObject *type, const char **names, Py_ssize_t **outs)
 {
@@ -781,6 +924,11 @@ static PyMethodDef module_methods[] = {
      "setup(Lazy=, Meta=, ...): the classes and Python fallbacks (see native.py)"},
     {"abi", abi, METH_NOARGS, "the ABI version of this build"},
     {"hooks", hooks, METH_O, "hooks(nn.Module): the C hooks (after setup)"},
+    {"set_rows", (PyCFunction)(void (*)(void))set_rows, METH_FASTCALL,
+     "set_rows(values, src, rows): each value's src and first row"},
+    {"drop_links", (PyCFunction)(void (*)(void))drop_links, METH_FASTCALL,
+     "drop_links(members, hs, cs): a fused group's links dropped (teardown)"},
+    {"row_index", row_index, METH_O, "row_index(vals): (sources, idx) or None"},
     {"stack", (PyCFunction)(void (*)(void))stack_hook, METH_FASTCALL | METH_KEYWORDS,
      "torch.stack during a native run (see state._stack)"},
     {NULL, NULL, 0, NULL},

@@ -112,6 +112,7 @@ class Run:
     # The C extension's hooks (`run_class`): (torch.stack's, a fusable cell class's __call__,
     # more (owner, name, value)); None: state.py's Python ones
     native_hooks = None
+    native = None  # the C extension module (its flush and teardown helpers), for a native run
 
     def __init__(self, fn, examples, *, policy, fused, rowwise, cache, profile, lanes=True):
         if policy not in POLICIES:
@@ -306,7 +307,7 @@ class Run:
                 node.users = node.outs = node.leaves = node.group = None
         if self.fuser is not None:  # members: their group holds every link they have
             for g in self.fuser.groups:
-                g.clear()
+                g.clear(self.native)
             self.fuser.groups = []
             self.fuser.open = {}
         self.finished = []
@@ -989,7 +990,7 @@ def run_class() -> type:
                     leaf_call=fused.LEAF_CALL, inner_call=fused.INNER_CALL,
                 )  # fmt: skip
                 stack, getitem, cell = mod.hooks(torch.nn.Module)
-                attrs = {"__module__": __name__}
+                attrs = {"__module__": __name__, "native": mod}
                 attrs["native_hooks"] = (stack, cell, ((Lazy, "__getitem__", getitem),))
                 cls = type("NativeRun", (mod.RunBase, Run), attrs)
             except TypeError as e:  # a class's slots changed under the C source
