@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 3
+#define ABI 4
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -834,6 +834,38 @@ fail:
     return NULL;
 }
 
+/* source_rows(vals): (src, rows, [v.lo for v in vals]) when every value is a stored Lazy of
+ * one row (rows 1) or one row-of-value (rows None) of the same result `src` (gather.
+ * _gather_lazy's common case: a tree's node states); None for anything else */
+static PyObject *source_rows(PyObject *mod, PyObject *vals)
+{
+    if (!PyList_CheckExact(vals) || PyList_GET_SIZE(vals) == 0 || LazyT == NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(vals);
+    PyObject *v0 = PyList_GET_ITEM(vals, 0);
+    if (Py_TYPE(v0) != LazyT)
+        Py_RETURN_NONE;
+    PyObject *src = SLOT(v0, L_src), *rows = SLOT(v0, L_rows);
+    int one = small_int(rows) == 1;
+    if (src == NULL || src == Py_None || rows == NULL || !(one || rows == Py_None))
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(vals, i);
+        if (Py_TYPE(v) != LazyT || SLOT(v, L_parts) != Py_None || SLOT(v, L_src) != src ||
+            (one ? small_int(SLOT(v, L_rows)) != 1 : SLOT(v, L_rows) != Py_None) ||
+            SLOT(v, L_lo) == NULL)
+            Py_RETURN_NONE;
+    }
+    PyObject *idx = PyList_New(n);
+    if (idx == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyList_SET_ITEM(idx, i, Py_NewRef(SLOT(PyList_GET_ITEM(vals, i), L_lo)));
+    PyObject *out = PyTuple_Pack(3, src, rows, idx);
+    Py_DECREF(idx);
+    return out;
+}
+
 /* -- setup ------------------------------------------------------------------------------ */
 static int offsets(PyObject *type, const char **names, Py_ssize_t **outs)
 {
@@ -929,6 +961,7 @@ static PyMethodDef module_methods[] = {
     {"drop_links", (PyCFunction)(void (*)(void))drop_links, METH_FASTCALL,
      "drop_links(members, hs, cs): a fused group's links dropped (teardown)"},
     {"row_index", row_index, METH_O, "row_index(vals): (sources, idx) or None"},
+    {"source_rows", source_rows, METH_O, "source_rows(vals): (src, rows, idx) or None"},
     {"stack", (PyCFunction)(void (*)(void))stack_hook, METH_FASTCALL | METH_KEYWORDS,
      "torch.stack during a native run (see state._stack)"},
     {NULL, NULL, 0, NULL},

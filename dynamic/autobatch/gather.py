@@ -20,6 +20,7 @@ from array import array
 import torch
 from torch import Tensor
 
+from . import state
 from .values import ALIASES, Lazy, alias_row, alias_rows, alias_squeeze0, alias_unsqueeze0
 
 __all__ = ["FLAT", "STACK", "gather", "gather_rows", "index_tensor", "resolve"]
@@ -50,14 +51,9 @@ def gather(vals: list, layout: str, counts: list | None = None) -> Tensor:
         return torch.cat([_piece(v, c, layout) for v, c in zip(vals, counts, strict=True)])
     v0 = vals[0]
     if type(v0) is Lazy:
-        if v0.parts is None and all(type(v) is Lazy and v.parts is None for v in vals):
-            return _gather_lazy(vals, layout)
-        if any(_is_alias(v) for v in vals):
-            return _gather_located([_locate(v) for v in vals], layout)
-        if v0.parts is not None:
-            out = _gather_composite(vals, layout)
-            if out is not None:
-                return out
+        out = _gather_from_lazy(vals, layout)
+        if out is not None:
+            return out
     elif all(v is v0 for v in vals):
         return _repeat(v0, len(vals), layout)
     elif not any(type(v) is Lazy for v in vals):
@@ -221,6 +217,34 @@ def _row_index(vals: list):
     return sources, idx
 
 
+def _gather_from_lazy(vals: list, layout: str) -> Tensor | None:
+    """`gather` when the first value is lazy: stored values, aliases, composites (None: the
+    general mix)."""
+    v0 = vals[0]
+    if v0.parts is None:
+        out = _gather_stored(vals, layout)
+        if out is not None:
+            return out
+    if any(_is_alias(v) for v in vals):
+        return _gather_located([_locate(v) for v in vals], layout)
+    if v0.parts is not None:
+        return _gather_composite(vals, layout)
+    return None
+
+
+def _gather_stored(vals: list, layout: str) -> Tensor | None:
+    """`_gather_lazy` if every value is a stored Lazy, else None. (A native run's C
+    extension scans the values for the common case without Python: `source_rows`.)"""
+    run = state.tls.run
+    if run is not None and run.native is not None:
+        found = run.native.source_rows(vals)
+        if found is not None:
+            return _from_rows(*found, layout, len(vals))
+    if all(type(v) is Lazy and v.parts is None for v in vals):
+        return _gather_lazy(vals, layout)
+    return None
+
+
 def _gather_lazy(vals: list, layout: str) -> Tensor:
     v0 = vals[0]
     src = v0.src
@@ -231,13 +255,18 @@ def _gather_lazy(vals: list, layout: str) -> Tensor:
             if v.src is not src or v.rows != rows:
                 return _gather_lazy_general(vals, layout)
             idx.append(v.lo)
-        i0 = idx[0]
-        if idx[-1] - i0 == len(idx) - 1 and idx == list(range(i0, i0 + len(idx))):
-            part = src if (i0 == 0 and len(idx) == src.shape[0]) else src.narrow(0, i0, len(idx))
-        else:
-            part = src.index_select(0, index_tensor(idx, src.device))
-        return _to_layout(part, rows is not None, layout, len(vals))
+        return _from_rows(src, rows, idx, layout, len(vals))
     return _gather_lazy_general(vals, layout)
+
+
+def _from_rows(src: Tensor, rows, idx: list, layout: str, count: int) -> Tensor:
+    """Rows `idx` of `src` (one row per value: rows 1, or None for rows-of-values)."""
+    i0 = idx[0]
+    if idx[-1] - i0 == len(idx) - 1 and idx == list(range(i0, i0 + len(idx))):
+        part = src if (i0 == 0 and len(idx) == src.shape[0]) else src.narrow(0, i0, len(idx))
+    else:
+        part = src.index_select(0, index_tensor(idx, src.device))
+    return _to_layout(part, rows is not None, layout, count)
 
 
 def _gather_lazy_general(vals: list, layout: str) -> Tensor:
