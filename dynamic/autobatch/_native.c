@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 4
+#define ABI 5
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -115,6 +115,25 @@ static PyObject *call4(PyObject *fn, PyObject *a, PyObject *b, PyObject *c, PyOb
     return PyObject_Vectorcall(fn, args, 4, NULL);
 }
 
+/* -- the run's hot attributes ---------------------------------------------------------- */
+/* A native run keeps the attributes the record path reads on every call in this struct
+ * (member descriptors: Python code reads and writes them as ever), not in its __dict__ */
+enum { F_COMPOSITES, F_COUNT, F_CURRENT, F_CELL_MEMO, F_FUSER, F_PROFILE, F_CELL_CLASSES, NF };
+typedef struct {
+    PyObject_HEAD PyObject *f[NF];
+} RunBaseObject;
+
+/* run.<field> (a new reference), or NULL with AttributeError (not set yet) */
+static inline PyObject *field(PyObject *run, int which)
+{
+    PyObject *v = ((RunBaseObject *)run)->f[which];
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a run attribute is not set");
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
 /* -- compose ---------------------------------------------------------------------------- */
 /* Run.compose(func, parts, dim): the composite of lazy parts of one meta; False (a call);
  * None (not of that kind). A first (func, dim, meta, n) goes to the Python method. */
@@ -132,7 +151,7 @@ static PyObject *compose(PyObject *self, PyObject *func, PyObject *parts, PyObje
         if (Py_TYPE(p) != LazyT || SLOT(p, L_meta) != m0)
             Py_RETURN_NONE;
     }
-    PyObject *composites = PyObject_GetAttr(self, s_composites);
+    PyObject *composites = field(self, F_COMPOSITES);
     if (composites == NULL)
         return NULL;
     PyObject *entry = NULL;
@@ -154,7 +173,7 @@ static PyObject *compose(PyObject *self, PyObject *func, PyObject *parts, PyObje
     Py_DECREF(composites);
     if (entry == Py_False)
         return entry;
-    PyObject *count = PyObject_GetAttr(self, s_count);
+    PyObject *count = field(self, F_COUNT);
     PyObject *out = count ? new_lazy(Py_None, zero, PyTuple_GET_ITEM(entry, 1), count) : NULL;
     Py_XDECREF(count);
     PyObject *tup = out ? PyList_AsTuple(parts) : NULL;
@@ -376,7 +395,7 @@ static PyObject *add_member(PyObject *self, PyObject *site, PyObject *g, PyObjec
             set_slot(g, G_inner_x, Py_True);
     }
     PyObject *members = SLOT(g, G_members);
-    PyObject *current = PyObject_GetAttr(self, s_current);
+    PyObject *current = field(self, F_CURRENT);
     if (current == NULL)
         return NULL;
     PyObject *node = NodeT->tp_alloc(NodeT, 0);
@@ -454,7 +473,7 @@ static PyObject *memo_key(PyObject *module, PyObject *args)
  * error: not memoized (the Python method decides) */
 static PyObject *memo_entry(PyObject *self, PyObject *module, PyObject *args)
 {
-    PyObject *memo = PyObject_GetAttr(self, s_cell_memo);
+    PyObject *memo = field(self, F_CELL_MEMO);
     if (memo == NULL)
         return NULL;
     PyObject *key = PyDict_CheckExact(memo) ? memo_key(module, args) : NULL;
@@ -469,7 +488,7 @@ static PyObject *memo_entry(PyObject *self, PyObject *module, PyObject *args)
 /* The open group of a site's fuse key, borrowed (NULL, no error: none) */
 static PyObject *open_group(PyObject *self, PyObject *key)
 {
-    PyObject *fuser = PyObject_GetAttr(self, s_fuser);
+    PyObject *fuser = field(self, F_FUSER);
     if (fuser == NULL)
         return NULL;
     PyObject *open = PyObject_GetAttr(fuser, s_open);
@@ -487,7 +506,7 @@ static PyObject *open_group(PyObject *self, PyObject *key)
  * memo entry says it may fuse and the group is open; else the Python method. */
 static PyObject *cell_call(PyObject *self, PyObject *module, PyObject *rule, PyObject *args)
 {
-    PyObject *prof = PyObject_GetAttr(self, s_profile);
+    PyObject *prof = field(self, F_PROFILE);
     if (prof == NULL)
         return NULL;
     Py_DECREF(prof);
@@ -581,11 +600,11 @@ static PyObject *active_run(int single)
         Py_DECREF(run);
         return NULL;
     }
-    PyObject *cur = PyObject_GetAttr(run, s_current);
+    PyObject *cur = field(run, F_CURRENT);
     int ok = cur != NULL && cur != Py_None;
     Py_XDECREF(cur);
     if (ok && single) {
-        PyObject *count = PyObject_GetAttr(run, s_count);
+        PyObject *count = field(run, F_COUNT);
         ok = small_int(count) == 1;
         Py_XDECREF(count);
     }
@@ -640,7 +659,7 @@ static PyObject *cell_dunder(PyObject *self, PyObject *args, PyObject *kwargs)
         PyObject *run = active_run(1);
         if (run != NULL) {
             PyObject *compiled = PyObject_GenericGetAttr(self, s_compiled);
-            PyObject *classes = PyObject_GetAttr(run, s_cell_classes);
+            PyObject *classes = field(run, F_CELL_CLASSES);
             int ok = compiled == Py_None && classes != NULL && PyTuple_CheckExact(classes);
             if (ok) {
                 ok = 0;
@@ -942,10 +961,44 @@ static PyMethodDef run_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+#define FIELD(name, i)                                                                       \
+    {name, T_OBJECT_EX, offsetof(RunBaseObject, f) + (i) * sizeof(PyObject *), 0, NULL}
+static PyMemberDef run_members[] = {
+    FIELD("composites", F_COMPOSITES), FIELD("count", F_COUNT),
+    FIELD("current", F_CURRENT),       FIELD("cell_memo", F_CELL_MEMO),
+    FIELD("fuser", F_FUSER),           FIELD("profile", F_PROFILE),
+    FIELD("cell_classes", F_CELL_CLASSES), {NULL, 0, 0, 0, NULL},
+};
+
+static int rb_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    for (int i = 0; i < NF; i++)
+        Py_VISIT(((RunBaseObject *)self)->f[i]);
+    return 0;
+}
+
+static int rb_clear(PyObject *self)
+{
+    for (int i = 0; i < NF; i++)
+        Py_CLEAR(((RunBaseObject *)self)->f[i]);
+    return 0;
+}
+
+static void rb_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    rb_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
 static PyTypeObject RunBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_autobatch_native.RunBase",
-    .tp_basicsize = sizeof(PyObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_basicsize = sizeof(RunBaseObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_members = run_members,
+    .tp_traverse = rb_traverse,
+    .tp_clear = rb_clear,
+    .tp_dealloc = rb_dealloc,
     .tp_doc = "The engine's hottest recording methods in C (a base of the native Run).",
     .tp_methods = run_methods,
     .tp_new = PyType_GenericNew,
