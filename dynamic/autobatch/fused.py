@@ -447,13 +447,17 @@ def _schedule(g: Group, cell, nary_type):
     ptr = np.zeros(int(height.max()) + 2, dtype=np.int64)
     np.cumsum(np.bincount(height), out=ptr[1:])
     roots = np.flatnonzero(parent < 0)
-    tree = np.empty(N, dtype=np.int64)
-    tree[roots] = np.arange(len(roots))
-    for lev in range(len(ptr) - 2, -1, -1):  # parents sit on higher levels
-        idx = np.arange(ptr[lev], ptr[lev + 1])
-        p = parent[idx]
-        has = p >= 0
-        tree[idx[has]] = tree[p[has]]
+    # Each node's root by pointer doubling (log2(height) steps of one gather each, instead
+    # of a loop over the levels: ~5 numpy calls a level, ~30 levels a flush of SST trees)
+    up = np.where(parent < 0, np.arange(N), parent)
+    while True:
+        nxt = up[up]
+        if np.array_equal(nxt, up):
+            break
+        up = nxt
+    tree_of_root = np.empty(N, dtype=np.int64)
+    tree_of_root[roots] = np.arange(len(roots))
+    tree = tree_of_root[up]
     # post_index: each node's rank within its tree in record order (a topological order).
     tree_of_member = tree[slot]
     by_tree = np.lexsort((np.arange(N), tree_of_member))
