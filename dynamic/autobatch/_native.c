@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 5
+#define ABI 6
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -119,8 +119,23 @@ static PyObject *call4(PyObject *fn, PyObject *a, PyObject *b, PyObject *c, PyOb
 /* A native run keeps the attributes the record path reads on every call in this struct
  * (member descriptors: Python code reads and writes them as ever), not in its __dict__ */
 enum { F_COMPOSITES, F_COUNT, F_CURRENT, F_CELL_MEMO, F_FUSER, F_PROFILE, F_CELL_CLASSES, NF };
+
+/* A few recent cell_memo entries by their key's parts, compared by identity (a hit skips
+ * making the key: its tuple, three ints and their hashes). The slot keeps the module, the
+ * grad and training values and the entry alive, and the entry keeps the plain tensors of the
+ * key alive (its args), so no compared address can be reused meanwhile. A miss (or a
+ * training flag that is equal but not identical) goes to the memo dict: never wrong. */
+#define NCACHE 8
+typedef struct {
+    PyObject *module, *grad, *training, *entry;
+    void *arg[4]; /* each argument's meta if it is lazy, else the argument itself */
+    char lazy[4];
+} MemoSlot;
+
 typedef struct {
     PyObject_HEAD PyObject *f[NF];
+    MemoSlot cache[NCACHE];
+    int next;
 } RunBaseObject;
 
 /* run.<field> (a new reference), or NULL with AttributeError (not set yet) */
@@ -471,17 +486,59 @@ static PyObject *memo_key(PyObject *module, PyObject *args)
 
 /* The memo entry (site, args, kind) of a call, borrowed from the run's memo; NULL with no
  * error: not memoized (the Python method decides) */
+static void slot_clear(MemoSlot *m)
+{
+    Py_CLEAR(m->module);
+    Py_CLEAR(m->grad);
+    Py_CLEAR(m->training);
+    Py_CLEAR(m->entry);
+}
+
 static PyObject *memo_entry(PyObject *self, PyObject *module, PyObject *args)
 {
-    PyObject *memo = field(self, F_CELL_MEMO);
-    if (memo == NULL)
+    RunBaseObject *r = (RunBaseObject *)self;
+    void *arg[4];
+    char lazy[4];
+    for (int i = 0; i < 4; i++) {
+        PyObject *a = PyTuple_GET_ITEM(args, i);
+        lazy[i] = Py_TYPE(a) == LazyT;
+        arg[i] = lazy[i] ? (void *)SLOT(a, L_meta) : (void *)a;
+    }
+    PyObject *grad = PyObject_CallNoArgs(grad_enabled);
+    PyObject *training = grad ? PyObject_GetAttr(module, s_training) : NULL;
+    if (training == NULL) {
+        Py_XDECREF(grad);
         return NULL;
-    PyObject *key = PyDict_CheckExact(memo) ? memo_key(module, args) : NULL;
+    }
+    for (int k = 0; k < NCACHE; k++) {
+        MemoSlot *m = &r->cache[k];
+        if (m->entry != NULL && m->module == module && m->grad == grad &&
+            m->training == training && memcmp(m->arg, arg, sizeof arg) == 0 &&
+            memcmp(m->lazy, lazy, sizeof lazy) == 0) {
+            Py_DECREF(grad);
+            Py_DECREF(training);
+            return m->entry; /* (borrowed: the slot keeps it) */
+        }
+    }
+    PyObject *memo = field(self, F_CELL_MEMO);
+    PyObject *key = memo && PyDict_CheckExact(memo) ? memo_key(module, args) : NULL;
     PyObject *e = key ? PyDict_GetItemWithError(memo, key) : NULL;
     Py_XDECREF(key);
-    Py_DECREF(memo);
-    if (e == NULL || !PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 3)
+    Py_XDECREF(memo); /* (the run keeps the memo, the memo keeps e) */
+    if (e == NULL || !PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 3) {
+        Py_DECREF(grad);
+        Py_DECREF(training);
         return NULL; /* (an error, if any, is raised by the caller) */
+    }
+    MemoSlot *m = &r->cache[r->next];
+    r->next = (r->next + 1) % NCACHE;
+    slot_clear(m);
+    m->module = Py_NewRef(module);
+    m->grad = grad; /* (the references made above) */
+    m->training = training;
+    m->entry = Py_NewRef(e);
+    memcpy(m->arg, arg, sizeof arg);
+    memcpy(m->lazy, lazy, sizeof lazy);
     return e;
 }
 
@@ -951,6 +1008,8 @@ static PyObject *setup(PyObject *mod, PyObject *args, PyObject *kw)
 
 static PyObject *abi(PyObject *mod, PyObject *unused) { return PyLong_FromLong(ABI); }
 
+static PyObject *rb_clear_memo(PyObject *self, PyObject *unused);
+
 static PyMethodDef run_methods[] = {
     {"compose", (PyCFunction)(void (*)(void))rb_compose, METH_FASTCALL,
      "compose(func, parts, dim): see Run.compose"},
@@ -958,6 +1017,7 @@ static PyMethodDef run_methods[] = {
      "row_alias(x, arg): see values._row_alias"},
     {"cell_call", (PyCFunction)(void (*)(void))rb_cell_call, METH_FASTCALL,
      "cell_call(module, rule, args): see Run.cell_call"},
+    {"clear_memo", rb_clear_memo, METH_NOARGS, "forget the recent cell memo entries"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -972,16 +1032,36 @@ static PyMemberDef run_members[] = {
 
 static int rb_traverse(PyObject *self, visitproc visit, void *arg)
 {
+    RunBaseObject *r = (RunBaseObject *)self;
     for (int i = 0; i < NF; i++)
-        Py_VISIT(((RunBaseObject *)self)->f[i]);
+        Py_VISIT(r->f[i]);
+    for (int k = 0; k < NCACHE; k++) {
+        Py_VISIT(r->cache[k].module);
+        Py_VISIT(r->cache[k].grad);
+        Py_VISIT(r->cache[k].training);
+        Py_VISIT(r->cache[k].entry);
+    }
     return 0;
 }
 
 static int rb_clear(PyObject *self)
 {
+    RunBaseObject *r = (RunBaseObject *)self;
     for (int i = 0; i < NF; i++)
-        Py_CLEAR(((RunBaseObject *)self)->f[i]);
+        Py_CLEAR(r->f[i]);
+    for (int k = 0; k < NCACHE; k++)
+        slot_clear(&r->cache[k]);
     return 0;
+}
+
+/* RunBase.clear_memo(): forget the recent memo entries (the run's teardown: they keep
+ * sites and arguments alive) */
+static PyObject *rb_clear_memo(PyObject *self, PyObject *unused)
+{
+    RunBaseObject *r = (RunBaseObject *)self;
+    for (int k = 0; k < NCACHE; k++)
+        slot_clear(&r->cache[k]);
+    Py_RETURN_NONE;
 }
 
 static void rb_dealloc(PyObject *self)

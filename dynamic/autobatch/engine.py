@@ -318,6 +318,8 @@ class Run:
         self.tmeta.clear()
         self.units.clear()
         self.cell_memo.clear()
+        if self.native is not None:
+            self.clear_memo()  # (the C base's recent memo entries)
 
     # ------------------------------------------------------------------------------------
     # Recording
