@@ -118,3 +118,34 @@ def test_a_failing_build_falls_back_to_python_with_one_log_line(tmp_path, monkey
     model = Odd()
     examples = [(torch.randn(3, D), v) for v in range(4)]
     assert_batched_equals_alone(model, examples, list(model.parameters()))
+
+
+@FAST
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=5))
+def test_more_memo_keys_than_the_c_cache_and_both_grad_modes_equal_alone(sizes):
+    """Ten masks (ten memo keys: more than the C struct keeps) and leaves called under
+    no_grad between the others: every call finds its own memo entry."""
+    model = Odd()
+    masks = [torch.zeros(1, 0, dtype=torch.bool) for _ in range(10)]
+    pad = model.pads[0]
+
+    def fn(example):
+        x, v = example
+        y = model.lin(x)
+        total = 0
+        for j in range(x.shape[0]):
+            m = masks[(j + v) % 10]
+            if (j + v) % 3 == 0:
+                with torch.no_grad():
+                    h, c = model.cs(y[j : j + 1], pad, pad, m)
+            else:
+                h, c = model.cs(y[j : j + 1], pad, pad, m)
+            total = total + h.sum() + c.sum()
+        return total
+
+    gen = torch.Generator().manual_seed(len(sizes))
+    examples = [(torch.randn(n, D, generator=gen), i) for i, n in enumerate(sizes)]
+    f = assert_batched_equals_alone(fn, examples, list(model.parameters()))
+    again = f.map(examples)  # a second map: through the cell classes' __call__ hook
+    for b, e in zip(again, examples, strict=True):
+        torch.testing.assert_close(b, fn(e), rtol=1e-9, atol=1e-9)
