@@ -20,6 +20,10 @@ Process-wide effects of a run, all undone when it ends (also on error):
     ``__torch_function__``, ~5 us of Python a call) hands lazy arguments straight to
     ``Lazy.__torch_function__`` when nothing else could claim the call (no other overloaded
     argument type, no torch function mode), else calls PyTorch's;
+  * a native run (the C extension, engine.run_class) installs the extension's versions of
+    the ``torch.stack`` and fusable-cell ``__call__`` hooks, and of ``Lazy.__getitem__``:
+    same lifetime and counting; they do their common case in C and call the Python hooks
+    here for everything else (also for a run of another thread that is not native);
   * the cyclic garbage collector is paused on the running thread (a run allocates ~10 small
     objects per recorded call; generational scans of that young heap cost more than the
     recording itself) and resumed at the end, when the run has broken its own cycles.
