@@ -9,6 +9,7 @@ branches and random choices differ per example; batches mix all of them.
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 import torch
@@ -21,7 +22,22 @@ from dynamic.autobatch import AutobatchError, MismatchError, autobatch, state
 from tests.strategies import binary_trees, trees
 from treelstm import ChildSumCell, NaryCell, Tree
 
-pytestmark = pytest.mark.usefixtures("float64", "one_thread")
+pytestmark = pytest.mark.usefixtures("float64", "one_thread", "recording")
+
+
+@pytest.fixture(scope="module", params=["native", "python"])
+def recording(request):
+    """Run a test module twice: recording through the C extension (dynamic/autobatch/
+    _native.c; where it cannot be built, the Python path again), then in pure Python."""
+    old = os.environ.get("TREELSTM_AUTOBATCH_NATIVE")
+    os.environ["TREELSTM_AUTOBATCH_NATIVE"] = "1" if request.param == "native" else "0"
+    yield request.param
+    if old is None:
+        del os.environ["TREELSTM_AUTOBATCH_NATIVE"]
+    else:
+        os.environ["TREELSTM_AUTOBATCH_NATIVE"] = old
+
+
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VOCAB = {
     w: i for i, w in enumerate(["a", "good", "film", "not", "é", "8\xa01\\/2", "-LRB-", "\\*", "."])

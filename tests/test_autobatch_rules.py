@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.test_autobatch import assert_batched_equals_alone
+from tests.test_autobatch import assert_batched_equals_alone, recording  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("float64", "one_thread")
+pytestmark = pytest.mark.usefixtures("float64", "one_thread", "recording")
 
 torch.manual_seed(5)
 LIN = nn.Linear(4, 4).double()

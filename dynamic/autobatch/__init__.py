@@ -36,7 +36,7 @@ import functools
 import time
 
 from .check import MismatchError, check_results
-from .engine import POLICIES, AutobatchError, Run
+from .engine import POLICIES, AutobatchError, run_class
 from .profile import Profile, SignatureStats
 
 __all__ = [
@@ -99,7 +99,7 @@ class Autobatched:
             self._cache.clear()
         want = self.want_profile if profile is None else profile
         prof = Profile() if want else None
-        run = Run(
+        run = run_class()(
             self.fn,
             examples,
             policy=self.policy if policy is None else policy,

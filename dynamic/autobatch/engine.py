@@ -37,8 +37,8 @@ import torch
 from greenlet import greenlet
 from torch import Tensor
 
-from . import state
-from .fused import Fuser, Group, site_key
+from . import fused, native, state, values
+from .fused import FuseKey, Fuser, Group, site_key
 from .gather import FLAT, STACK
 from .lanes import (
     INPUT,
@@ -55,6 +55,8 @@ from .spec import LEAF, SEQ, flatten_call, flatten_out, rebuild, unflatten_out
 from .values import (
     _IMMUTABLE,
     Lazy,
+    Meta,
+    _row_alias,
     alias_row,
     alias_rows,
     alias_squeeze0,
@@ -63,7 +65,7 @@ from .values import (
     tensor_meta,
 )
 
-__all__ = ["POLICIES", "AutobatchError", "Node", "Run", "Site"]
+__all__ = ["POLICIES", "AutobatchError", "Node", "Run", "Site", "run_class"]
 
 POLICIES = ("agenda", "depth")
 _CAT = {torch.cat, torch.concat, torch.concatenate}
@@ -106,6 +108,11 @@ def name_of(fn) -> str:
 
 class Run:
     """One `map` call: the examples' greenlets, the pending graph and the scheduler."""
+
+    # The C extension's hooks (`run_class`): (torch.stack's, a fusable cell class's __call__,
+    # more (owner, name, value)); None: state.py's Python ones
+    native_hooks = None
+    native = None  # the C extension module (its flush and teardown helpers), for a native run
 
     def __init__(self, fn, examples, *, policy, fused, rowwise, cache, profile, lanes=True):
         if policy not in POLICIES:
@@ -300,7 +307,7 @@ class Run:
                 node.users = node.outs = node.leaves = node.group = None
         if self.fuser is not None:  # members: their group holds every link they have
             for g in self.fuser.groups:
-                g.clear()
+                g.clear(self.native)
             self.fuser.groups = []
             self.fuser.open = {}
         self.finished = []
@@ -311,6 +318,8 @@ class Run:
         self.tmeta.clear()
         self.units.clear()
         self.cell_memo.clear()
+        if self.native is not None:
+            self.clear_memo()  # (the C base's recent memo entries)
 
     # ------------------------------------------------------------------------------------
     # Recording
@@ -638,6 +647,8 @@ class Run:
                         waiting += 1
         return depth, waiting
 
+    row_alias = staticmethod(_row_alias)  # x[j], x[a:b] of a lazy x (values._getitem asks)
+
     def compose_call(self, func, args, kwargs):
         """``torch.stack`` / ``torch.cat`` called inside an example (state.py's shortcut): what
         ``Lazy.__torch_function__`` does with it, without PyTorch's dispatch."""
@@ -952,6 +963,42 @@ class Run:
         else:
             self.outinfo[site.sig] = (ospec, [(STACK, tensor_meta(t)) for t in leaves])
         self._learn_site(site)
+
+
+_native_class: dict = {}  # "cls" -> the native Run subclass, or None (it did not load)
+
+
+def run_class() -> type:
+    """The class a map runs: `Run`, or (unless ``TREELSTM_AUTOBATCH_NATIVE=0`` or the C
+    extension could not be built, see native.py) its subclass whose `compose`, `row_alias`
+    and `cell_call` are the extension's, and so are its hooks of ``torch.stack``, a fusable
+    cell class's ``__call__`` and ``Lazy.__getitem__``: the same results, the common case
+    without Python frames, anything else handed to the Python methods and hooks."""
+    if not native.enabled():
+        return Run
+    if "cls" not in _native_class:
+        mod = native.module()
+        cls = None
+        if mod is not None:
+            try:
+                mod.setup(
+                    Lazy=Lazy, Meta=Meta, Node=Node, Group=Group, Site=Site, FuseKey=FuseKey,
+                    compose=Run.compose, cell_call=Run.cell_call, row_alias=_row_alias,
+                    wait_for=fused._wait_for, record_at=Run._record_at,
+                    grad_enabled=torch.is_grad_enabled, stack=_TORCH_STACK,
+                    alias_row=alias_row, alias_rows=alias_rows, tls=state.tls,
+                    stack_hook=state._stack, getitem_hook=values._getitem,
+                    cell_hook=state._fast_cell_call,
+                    leaf_call=fused.LEAF_CALL, inner_call=fused.INNER_CALL,
+                )  # fmt: skip
+                stack, getitem, cell = mod.hooks(torch.nn.Module)
+                attrs = {"__module__": __name__, "native": mod}
+                attrs["native_hooks"] = (stack, cell, ((Lazy, "__getitem__", getitem),))
+                cls = type("NativeRun", (mod.RunBase, Run), attrs)
+            except TypeError as e:  # a class's slots changed under the C source
+                native.log.warning("dynamic.autobatch: native recording off (%s)", e)
+        _native_class["cls"] = cls
+    return _native_class["cls"] or Run
 
 
 def _checked_info(info, batch, outs, ospec, layouts):

@@ -94,15 +94,19 @@ class Group:
         self.claimed_height = 0  # (`_kids` to `_add_member`: the height of a new parent)
         self.inner_x = False  # an internal member's x is lazy or needs a gradient
 
-    def clear(self) -> None:
+    def clear(self, native=None) -> None:
         """Drop every reference (the run's teardown: no cycle is left for the collector, and
-        a value the user's code still holds keeps its node, not the graph behind it)."""
-        for m in self.members:
-            m.leaves = None
-        for lz in self.hs:  # values the user's code may still hold (a closure's list of
-            lz.node = None  # states, freed only by the collector): they keep nothing
-        for lz in self.cs:
-            lz.node = None
+        a value the user's code still holds keeps its node, not the graph behind it).
+        `native`: the C extension (its loops), or None."""
+        if native is not None:
+            native.drop_links(self.members, self.hs, self.cs)
+        else:
+            for m in self.members:
+                m.leaves = None
+            for lz in self.hs:  # values the user's code may still hold (a closure's list of
+                lz.node = None  # states, freed only by the collector): they keep nothing
+            for lz in self.cs:
+                lz.node = None
         for lst in (self.members, self.hs, self.cs, self.users):
             lst.clear()
         self.last = self.lastp = None
@@ -111,6 +115,7 @@ class Group:
 class Fuser:
     def __init__(self, run) -> None:
         self.profile = run.profile  # (not the run itself: no cycle, the run dies by refcount)
+        self.native = run.native  # the C extension's helpers for a native run, else None
         self.cells = (ChildSumCell, NaryCell)
         self.nary = NaryCell
         self.masks: dict = {}
@@ -212,7 +217,8 @@ class Fuser:
         t0 = time.perf_counter()
         cell = g.key.cell
         perm, rank, schedule = _schedule(g, cell, self.nary)
-        x = _inputs(g, perm.tolist(), schedule.num_leaves, cell.input_at == "leaves")
+        native = self.native
+        x = _inputs(g, perm.tolist(), schedule.num_leaves, cell.input_at == "leaves", native)
         outer = torch.is_grad_enabled()
         if g.key.grad != outer:
             torch.set_grad_enabled(g.key.grad)
@@ -222,26 +228,30 @@ class Fuser:
             if g.key.grad != outer:
                 torch.set_grad_enabled(outer)
         rows = rank.tolist()  # member (record order) -> its row of h and c
-        for lz, r in zip(g.hs, rows, strict=True):
-            lz.src = h
-            lz.lo = r
-        for lz, r in zip(g.cs, rows, strict=True):
-            lz.src = c
-            lz.lo = r
+        if native is not None:
+            native.set_rows(g.hs, h, rows)
+            native.set_rows(g.cs, c, rows)
+        else:
+            for lz, r in zip(g.hs, rows, strict=True):
+                lz.src = h
+                lz.lo = r
+            for lz, r in zip(g.cs, rows, strict=True):
+                lz.src = c
+                lz.lo = r
         g.done = True
         prof = self.profile
         if prof is not None:
             prof.add_fused(g, len(g.members), schedule.num_levels, time.perf_counter() - t0)
 
 
-def _inputs(g: Group, order: list, num_leaves: int, at_leaves: bool):
+def _inputs(g: Group, order: list, num_leaves: int, at_leaves: bool, native):
     """x [N, input_size] of the group's members in schedule order. A cell with input at the
     leaves reads the leaves' rows only (`input_parts`), so when no internal member's x is
     lazy or needs a gradient (`g.inner_x`), internal rows are zeros instead of a gather."""
     members = g.members
     if not at_leaves or g.inner_x or num_leaves in (0, len(order)):
-        return gather_rows([members[f].leaves[0] for f in order])
-    xl = gather_rows([members[f].leaves[0] for f in order[:num_leaves]])
+        return gather_rows([members[f].leaves[0] for f in order], native)
+    xl = gather_rows([members[f].leaves[0] for f in order[:num_leaves]], native)
     return torch.cat([xl, xl.new_zeros(len(order) - num_leaves, xl.shape[1])])
 
 
@@ -437,13 +447,17 @@ def _schedule(g: Group, cell, nary_type):
     ptr = np.zeros(int(height.max()) + 2, dtype=np.int64)
     np.cumsum(np.bincount(height), out=ptr[1:])
     roots = np.flatnonzero(parent < 0)
-    tree = np.empty(N, dtype=np.int64)
-    tree[roots] = np.arange(len(roots))
-    for lev in range(len(ptr) - 2, -1, -1):  # parents sit on higher levels
-        idx = np.arange(ptr[lev], ptr[lev + 1])
-        p = parent[idx]
-        has = p >= 0
-        tree[idx[has]] = tree[p[has]]
+    # Each node's root by pointer doubling (log2(height) steps of one gather each, instead
+    # of a loop over the levels: ~5 numpy calls a level, ~30 levels a flush of SST trees)
+    up = np.where(parent < 0, np.arange(N), parent)
+    while True:
+        nxt = up[up]
+        if np.array_equal(nxt, up):
+            break
+        up = nxt
+    tree_of_root = np.empty(N, dtype=np.int64)
+    tree_of_root[roots] = np.arange(len(roots))
+    tree = tree_of_root[up]
     # post_index: each node's rank within its tree in record order (a topological order).
     tree_of_member = tree[slot]
     by_tree = np.lexsort((np.arange(N), tree_of_member))

@@ -20,6 +20,7 @@ from array import array
 import torch
 from torch import Tensor
 
+from . import state
 from .values import ALIASES, Lazy, alias_row, alias_rows, alias_squeeze0, alias_unsqueeze0
 
 __all__ = ["FLAT", "STACK", "gather", "gather_rows", "index_tensor", "resolve"]
@@ -50,14 +51,9 @@ def gather(vals: list, layout: str, counts: list | None = None) -> Tensor:
         return torch.cat([_piece(v, c, layout) for v, c in zip(vals, counts, strict=True)])
     v0 = vals[0]
     if type(v0) is Lazy:
-        if v0.parts is None and all(type(v) is Lazy and v.parts is None for v in vals):
-            return _gather_lazy(vals, layout)
-        if any(_is_alias(v) for v in vals):
-            return _gather_located([_locate(v) for v in vals], layout)
-        if v0.parts is not None:
-            out = _gather_composite(vals, layout)
-            if out is not None:
-                return out
+        out = _gather_from_lazy(vals, layout)
+        if out is not None:
+            return out
     elif all(v is v0 for v in vals):
         return _repeat(v0, len(vals), layout)
     elif not any(type(v) is Lazy for v in vals):
@@ -169,11 +165,29 @@ def _contiguous(vals: list, src, by_rows: bool) -> bool:
     return True
 
 
-def gather_rows(vals: list) -> Tensor:
+def gather_rows(vals: list, native=None) -> Tensor:
     """[len(vals), *tail] from values of one row each ([1, *tail]: a tree node's input):
     rows of computed results, ``x[j : j + 1]`` of them, or plain tensors. One index_select
-    over the sources concatenated (~0.3 us of Python a value; the general `gather` takes
-    ~2 us); anything else goes to `gather`."""
+    over the sources concatenated (~0.3 us of Python a value, ~0.05 us with the C
+    extension's `row_index` (`native`); the general `gather` takes ~2 us); anything else
+    goes to `gather`."""
+    found = native.row_index(vals) if native is not None else None
+    if found is None:
+        found = _row_index(vals)
+        if found is None:
+            return gather(vals, FLAT)
+    sources, idx = found
+    if any(s.shape[1:] != sources[0].shape[1:] for s in sources):
+        return gather(vals, FLAT)
+    cat = sources[0] if len(sources) == 1 else torch.cat(sources)
+    i0 = idx[0]
+    if idx[-1] - i0 == len(idx) - 1 and idx == list(range(i0, i0 + len(idx))):
+        return cat if i0 == 0 and len(idx) == cat.shape[0] else cat.narrow(0, i0, len(idx))
+    return cat.index_select(0, index_tensor(idx, cat.device))
+
+
+def _row_index(vals: list):
+    """(sources, each value's row in the sources concatenated) for `gather_rows`, or None."""
     offsets: dict = {}  # id(source) -> its first row in the concatenation
     sources: list = []
     idx: list = []
@@ -186,27 +200,49 @@ def gather_rows(vals: list) -> Tensor:
             elif p is not None and p[0] is alias_rows:
                 b = p[2][0]
                 if type(b) is not Lazy or b.parts is not None or b.rows is None:
-                    return gather(vals, FLAT)
+                    return None
                 src, r = b.src, b.lo + p[1][0]
             else:
-                return gather(vals, FLAT)
+                return None
         elif v.dim() >= 1 and v.shape[0] == 1:
             src, r = v, 0
         else:
-            return gather(vals, FLAT)
+            return None
         o = offsets.get(id(src))
         if o is None:
             o = offsets[id(src)] = end
             sources.append(src)
             end += src.shape[0]
         idx.append(o + r)
-    if any(s.shape[1:] != sources[0].shape[1:] for s in sources):
-        return gather(vals, FLAT)
-    cat = sources[0] if len(sources) == 1 else torch.cat(sources)
-    i0 = idx[0]
-    if idx[-1] - i0 == len(idx) - 1 and idx == list(range(i0, i0 + len(idx))):
-        return cat if i0 == 0 and len(idx) == cat.shape[0] else cat.narrow(0, i0, len(idx))
-    return cat.index_select(0, index_tensor(idx, cat.device))
+    return sources, idx
+
+
+def _gather_from_lazy(vals: list, layout: str) -> Tensor | None:
+    """`gather` when the first value is lazy: stored values, aliases, composites (None: the
+    general mix)."""
+    v0 = vals[0]
+    if v0.parts is None:
+        out = _gather_stored(vals, layout)
+        if out is not None:
+            return out
+    if any(_is_alias(v) for v in vals):
+        return _gather_located([_locate(v) for v in vals], layout)
+    if v0.parts is not None:
+        return _gather_composite(vals, layout)
+    return None
+
+
+def _gather_stored(vals: list, layout: str) -> Tensor | None:
+    """`_gather_lazy` if every value is a stored Lazy, else None. (A native run's C
+    extension scans the values for the common case without Python: `source_rows`.)"""
+    run = state.tls.run
+    if run is not None and run.native is not None:
+        found = run.native.source_rows(vals)
+        if found is not None:
+            return _from_rows(*found, layout, len(vals))
+    if all(type(v) is Lazy and v.parts is None for v in vals):
+        return _gather_lazy(vals, layout)
+    return None
 
 
 def _gather_lazy(vals: list, layout: str) -> Tensor:
@@ -219,13 +255,18 @@ def _gather_lazy(vals: list, layout: str) -> Tensor:
             if v.src is not src or v.rows != rows:
                 return _gather_lazy_general(vals, layout)
             idx.append(v.lo)
-        i0 = idx[0]
-        if idx[-1] - i0 == len(idx) - 1 and idx == list(range(i0, i0 + len(idx))):
-            part = src if (i0 == 0 and len(idx) == src.shape[0]) else src.narrow(0, i0, len(idx))
-        else:
-            part = src.index_select(0, index_tensor(idx, src.device))
-        return _to_layout(part, rows is not None, layout, len(vals))
+        return _from_rows(src, rows, idx, layout, len(vals))
     return _gather_lazy_general(vals, layout)
+
+
+def _from_rows(src: Tensor, rows, idx: list, layout: str, count: int) -> Tensor:
+    """Rows `idx` of `src` (one row per value: rows 1, or None for rows-of-values)."""
+    i0 = idx[0]
+    if idx[-1] - i0 == len(idx) - 1 and idx == list(range(i0, i0 + len(idx))):
+        part = src if (i0 == 0 and len(idx) == src.shape[0]) else src.narrow(0, i0, len(idx))
+    else:
+        part = src.index_select(0, index_tensor(idx, src.device))
+    return _to_layout(part, rows is not None, layout, count)
 
 
 def _gather_lazy_general(vals: list, layout: str) -> Tensor:

@@ -20,6 +20,10 @@ Process-wide effects of a run, all undone when it ends (also on error):
     ``__torch_function__``, ~5 us of Python a call) hands lazy arguments straight to
     ``Lazy.__torch_function__`` when nothing else could claim the call (no other overloaded
     argument type, no torch function mode), else calls PyTorch's;
+  * a native run (the C extension, engine.run_class) installs the extension's versions of
+    the ``torch.stack`` and fusable-cell ``__call__`` hooks, and of ``Lazy.__getitem__``:
+    same lifetime and counting; they do their common case in C and call the Python hooks
+    here for everything else (also for a run of another thread that is not native);
   * the cyclic garbage collector is paused on the running thread (a run allocates ~10 small
     objects per recorded call; generational scans of that young heap cost more than the
     recording itself) and resumed at the end, when the run has broken its own cycles.
@@ -147,13 +151,16 @@ SHORTCUTS: list = []  # more (owner, name, replacement) of every run (values.py 
 
 def _hooks(run) -> list:
     """(owner, name, replacement) of every process-wide hook of `run`."""
-    out = [(nn.Module, "_call_impl", _module_call), (torch, "stack", _stack), (torch, "cat", _cat)]
+    # (the C extension's torch.stack, cell __call__ and more, for a native run: engine.run_class)
+    stack, cell, more = run.native_hooks or (_stack, _fast_cell_call, ())
+    out = [(nn.Module, "_call_impl", _module_call), (torch, "stack", stack), (torch, "cat", _cat)]
     out += SHORTCUTS
+    out += more
     for cls in run.fast_classes:  # (under the lock: another run may have hooked it)
         if (cls, "__call__") in _installed or (
             "__call__" not in cls.__dict__ and cls.__call__ is _module_dunder_call
         ):
-            fast = _fast_cell_call if cls in run.cell_classes else _fast_module_call
+            fast = cell if cls in run.cell_classes else _fast_module_call
             out.append((cls, "__call__", fast))
     return out
 

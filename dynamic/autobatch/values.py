@@ -406,7 +406,7 @@ def _getitem(self, key):
     if run is None or run.current is None:
         run = _run()  # (raises: the value escaped its example)
     if run.count == 1:  # x[j], x[a:b]: no call (a tree's leaf input: the common case)
-        out = _row_alias(self, key)
+        out = run.row_alias(self, key)  # (values._row_alias, or the C extension's)
         if out is not None:
             return out
     return run.function_call(operator.getitem, (self, key), {})
