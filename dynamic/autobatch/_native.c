@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 7
+#define ABI 8
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -956,6 +956,38 @@ refuse:
     Py_RETURN_NONE;
 }
 
+/* member_x(members, order, n): [members[order[i]].leaves[0] for i in range(n)] (a fused
+ * group's x in schedule order, fused._member_x); None for anything unexpected */
+static PyObject *member_x(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || NodeT == NULL || !PyList_CheckExact(args[0]) ||
+        !PyList_CheckExact(args[1]) || !PyLong_CheckExact(args[2]))
+        Py_RETURN_NONE;
+    PyObject *members = args[0], *order = args[1];
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]), m = PyList_GET_SIZE(members);
+    if (n < 0 || n > PyList_GET_SIZE(order)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(order, i);
+        Py_ssize_t k = PyLong_CheckExact(f) ? PyLong_AsSsize_t(f) : -1;
+        PyObject *node = (k >= 0 && k < m) ? PyList_GET_ITEM(members, k) : NULL;
+        PyObject *leaves = (node != NULL && Py_TYPE(node) == NodeT) ? SLOT(node, N_leaves)
+                                                                     : NULL;
+        if (leaves == NULL || !PyTuple_CheckExact(leaves) || PyTuple_GET_SIZE(leaves) < 1) {
+            PyErr_Clear();
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        PyList_SET_ITEM(out, i, Py_NewRef(PyTuple_GET_ITEM(leaves, 0)));
+    }
+    return out;
+}
+
 /* drop_links(members, hs, cs): members[i].leaves = None, hs[i].node = cs[i].node = None
  * (fused.Group.clear) */
 static PyObject *drop_links(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -1255,6 +1287,8 @@ static PyMethodDef module_methods[] = {
      "drop_links(members, hs, cs): a fused group's links dropped (teardown)"},
     {"forest", (PyCFunction)(void (*)(void))forest, METH_FASTCALL,
      "forest(heights, nkids, kid_slots, K): a fused group's schedule arrays, or None"},
+    {"member_x", (PyCFunction)(void (*)(void))member_x, METH_FASTCALL,
+     "member_x(members, order, n): the first n members' x in that order, or None"},
     {"row_index", row_index, METH_O, "row_index(vals): (sources, idx) or None"},
     {"source_rows", source_rows, METH_O, "source_rows(vals): (src, rows, idx) or None"},
     {"stack", (PyCFunction)(void (*)(void))stack_hook, METH_FASTCALL | METH_KEYWORDS,

@@ -249,9 +249,22 @@ def _inputs(g: Group, order: list, num_leaves: int, at_leaves: bool, native):
     lazy or needs a gradient (`g.inner_x`), internal rows are zeros instead of a gather."""
     members = g.members
     if not at_leaves or g.inner_x or num_leaves in (0, len(order)):
-        return gather_rows([members[f].leaves[0] for f in order], native)
-    xl = gather_rows([members[f].leaves[0] for f in order[:num_leaves]], native)
-    return torch.cat([xl, xl.new_zeros(len(order) - num_leaves, xl.shape[1])])
+        return gather_rows(_member_x(members, order, len(order), native), native)
+    xl = gather_rows(_member_x(members, order, num_leaves, native), native)
+    if xl.requires_grad:  # (cat: x's gradient is the leaves' rows of autograd's)
+        return torch.cat([xl, xl.new_zeros(len(order) - num_leaves, xl.shape[1])])
+    x = xl.new_zeros(len(order), xl.shape[1])  # one buffer, no concatenation
+    x[:num_leaves] = xl
+    return x
+
+
+def _member_x(members: list, order: list, n: int, native) -> list:
+    """x (argument 0) of members ``order[:n]``: in C with the extension, else a list."""
+    if native is not None:
+        found = native.member_x(members, order, n)
+        if found is not None:
+            return found
+    return [members[f].leaves[0] for f in order[:n]]
 
 
 def _add_member(run, site, g, args, nkids: int, depth: int):
