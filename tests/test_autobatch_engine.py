@@ -395,6 +395,17 @@ def test_fused_inputs_at_leaves_with_any_internal_x_equal_alone(forest, inner):
     assert_batched_equals_alone(fn, forest, params)
 
 
+@FAST
+@given(st.lists(trees(max_leaves=6), min_size=1, max_size=4))
+def test_fused_inputs_at_leaves_from_frozen_vectors_equal_alone(forest):
+    """Leaves' x that needs no gradient (frozen word vectors, as in the benchmark): the
+    fused call writes them into one zero buffer instead of a concatenation."""
+    model = TreeModel(ChildSumCell(4, H, input_at="leaves"))
+    model.emb.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert_batched_equals_alone(model, forest, params)
+
+
 def test_a_module_class_that_refuses_the_shortcut_still_runs():
     """A module class whose metaclass forbids setting ``__call__`` keeps PyTorch's path."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dynamic.autobatch import engine, native
+from dynamic.autobatch import engine, fused, native
 from tests.test_autobatch import assert_batched_equals_alone, recording  # noqa: F401
 from treelstm import ChildSumCell, NaryCell
 
@@ -149,3 +150,59 @@ def test_more_memo_keys_than_the_c_cache_and_both_grad_modes_equal_alone(sizes):
     again = f.map(examples)  # a second map: through the cell classes' __call__ hook
     for b, e in zip(again, examples, strict=True):
         torch.testing.assert_close(b, fn(e), rtol=1e-9, atol=1e-9)
+
+
+def _forest(parents: list) -> SimpleNamespace:
+    """A fused group's forest from each member's parent choice in record order: parents[i]
+    picks one of the members recorded after i (or none); its kids in record order."""
+    n = len(parents)
+    parent = [i + 1 + p % (n - i - 1) if p is not None and i < n - 1 else None
+              for i, p in enumerate(parents)]  # fmt: skip
+    kids: list = [[] for _ in range(n)]
+    for i, p in enumerate(parent):
+        if p is not None:
+            kids[p].append(i)
+    heights = [0] * n
+    for i in range(n):
+        heights[i] = 1 + max(heights[k] for k in kids[i]) if kids[i] else 0
+    return SimpleNamespace(
+        members=list(range(n)),
+        heights=heights,
+        nkids=[len(k) for k in kids],
+        kid_slots=[k for ks in kids for k in ks],
+    )
+
+
+@FAST
+@given(st.lists(st.none() | st.integers(0, 50), min_size=1, max_size=40), st.integers(-1, 3))
+def test_the_c_forest_schedule_equals_numpy(parents, widen):
+    """`forest` (C) gives the fused call the same schedule and row maps as the numpy code,
+    for forests recorded in any order (trees interleaved), at the widest width or wider."""
+    mod = native.module()
+    if mod is None:
+        pytest.skip("the C extension is turned off (this pass) or does not build here")
+    g = _forest(parents)
+    cell = ChildSumCell(D, H)
+    if widen >= 0:  # an N-ary-like fixed width (extra columns stay -1)
+        cell = NaryCell(D, H, n_ary=max(g.nkids) + widen) if max(g.nkids) + widen > 0 else cell
+    a = fused._schedule(g, cell, NaryCell, mod)
+    b = fused._schedule(g, cell, NaryCell, None)
+    assert a[0] == b[0] and a[1] == b[1]
+    for name in ("tokens", "children", "parent", "level_ptr", "roots", "node_tree", "post_index"):
+        x, y = getattr(a[2], name), getattr(b[2], name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert a[2].level_bounds == b[2].level_bounds and a[2].tree_sizes == b[2].tree_sizes
+
+
+def test_the_c_forest_refuses_what_is_not_a_recorded_forest():
+    """Anything the record path cannot produce gives None (the numpy code decides then)."""
+    mod = native.module()
+    if mod is None:
+        pytest.skip("the C extension is turned off (this pass) or does not build here")
+    assert mod.forest([0, 0, 1], [0, 0, 2], [0, 1], -1) is not None  # (a valid one)
+    assert mod.forest([0, 1, 0], [0, 1, 0], [2], -1) is None  # a kid recorded after its parent
+    assert mod.forest([0, 1, 2], [0, 1, 1], [0, 0], -1) is None  # a kid claimed twice
+    assert mod.forest([0, 0, 1], [0, 0, 2], [0], -1) is None  # kid slots missing
+    assert mod.forest([0, 0, 1], [0, 0, 2], [0, 1], 1) is None  # wider than K
+    assert mod.forest([0, 0.5, 1], [0, 0, 2], [0, 1], -1) is None  # not an int
+    assert mod.forest([], [], [], -1) is None

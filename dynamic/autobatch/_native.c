@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI 6
+#define ABI 8
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -796,6 +796,198 @@ static PyObject *set_rows(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* Read a list of Python ints into v[0..n) (n: the list's length); 0 and an exception if an
+ * item is not an int that fits */
+static int int_list(PyObject *o, long long *v)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
+        PyObject *x = PyList_GET_ITEM(o, i);
+        if (!PyLong_CheckExact(x))
+            return 0;
+        v[i] = PyLong_AsLongLong(x);
+        if (v[i] == -1 && PyErr_Occurred())
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *int64_bytes(const long long *v, Py_ssize_t n)
+{
+    return PyByteArray_FromStringAndSize((const char *)v, n * (Py_ssize_t)sizeof(long long));
+}
+
+static PyObject *int_tuple(const long long *v, Py_ssize_t n, int as_list)
+{
+    PyObject *t = as_list ? PyList_New(n) : PyTuple_New(n);
+    if (t == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyLong_FromLongLong(v[i]);
+        if (x == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        if (as_list)
+            PyList_SET_ITEM(t, i, x);
+        else
+            PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+/* The forest of a fused group as a level-major schedule (fused._schedule's numpy, in one pass
+ * each): w = work arrays of N (heights, nkids, record -> slot, slot -> record, parent member,
+ * tree, rank) and E (kid slots); fills the outputs (schedule order); -1: a malformed forest */
+static int forest_fill(Py_ssize_t N, Py_ssize_t E, long long K, long long H, long long *h,
+                       long long *nk, long long *kid, long long *slot, long long *perm,
+                       long long *pm, long long *tree, long long *rank, long long *ptr,
+                       long long *children, long long *parent, long long *roots,
+                       long long *node_tree, long long *post, long long *sizes,
+                       Py_ssize_t *nroots)
+{
+    for (long long l = 0; l <= H + 1; l++)
+        ptr[l] = 0;
+    for (Py_ssize_t i = 0; i < N; i++)
+        ptr[h[i] + 1]++;
+    for (long long l = 0; l <= H; l++)
+        ptr[l + 1] += ptr[l];
+    for (long long l = 0; l <= H; l++) /* (a cursor per level: rank, reused) */
+        rank[l] = ptr[l];
+    for (Py_ssize_t i = 0; i < N; i++) { /* stable by height: record order within a level */
+        slot[i] = rank[h[i]]++;
+        perm[slot[i]] = i;
+        pm[i] = -1;
+    }
+    for (Py_ssize_t j = 0; j < N * K; j++)
+        children[j] = -1;
+    Py_ssize_t e = 0;
+    for (Py_ssize_t i = 0; i < N; i++) {
+        if (nk[i] < 0 || nk[i] > K || e + nk[i] > E)
+            return -1;
+        for (long long c = 0; c < nk[i]; c++, e++) {
+            long long k = kid[e];
+            if (k < 0 || k >= i || pm[k] != -1) /* a child is recorded before its parent */
+                return -1;
+            pm[k] = i;
+            children[slot[i] * K + c] = slot[k];
+        }
+    }
+    if (e != E)
+        return -1;
+    Py_ssize_t R = 0;
+    for (Py_ssize_t s = 0; s < N; s++) { /* trees numbered by their roots' schedule rows */
+        long long i = perm[s];
+        parent[s] = pm[i] < 0 ? -1 : slot[pm[i]];
+        if (pm[i] < 0) {
+            tree[i] = R;
+            roots[R++] = s;
+        }
+    }
+    for (Py_ssize_t i = N - 1; i >= 0; i--) /* (parents come later in record order) */
+        if (pm[i] >= 0)
+            tree[i] = tree[pm[i]];
+    for (Py_ssize_t t = 0; t < R; t++)
+        sizes[t] = 0;
+    for (Py_ssize_t i = 0; i < N; i++) { /* each node's rank in its tree, record order */
+        rank[i] = sizes[tree[i]]++;
+        node_tree[slot[i]] = tree[i];
+        post[slot[i]] = rank[i];
+    }
+    *nroots = R;
+    return 0;
+}
+
+/* forest(heights, nkids, kid_slots, K): (children, parent, level_ptr, roots, node_tree,
+ * post_index as bytearrays of int64; level_bounds, tree_sizes as tuples; perm, slot as
+ * lists) of a fused group (see fused._schedule, which does the same in numpy), K < 0: the
+ * widest node's child count; None for anything unexpected (numpy decides then) */
+static PyObject *forest(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+        !PyList_CheckExact(args[2]) || !PyLong_CheckExact(args[3]))
+        Py_RETURN_NONE;
+    Py_ssize_t N = PyList_GET_SIZE(args[0]), E = PyList_GET_SIZE(args[2]);
+    long long K = PyLong_AsLongLong(args[3]);
+    if (N == 0 || PyList_GET_SIZE(args[1]) != N || (K == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    long long *w = PyMem_Malloc(sizeof(long long) * (size_t)(14 * N + E + 2));
+    if (w == NULL)
+        return PyErr_NoMemory();
+    long long *h = w, *nk = w + N, *slot = w + 2 * N, *perm = w + 3 * N, *pm = w + 4 * N,
+              *tree = w + 5 * N, *rank = w + 6 * N, *parent = w + 7 * N, *roots = w + 8 * N,
+              *node_tree = w + 9 * N, *post = w + 10 * N, *sizes = w + 11 * N,
+              *ptr = w + 12 * N, *kid = w + 14 * N + 2;
+    PyObject *out = NULL;
+    long long *children = NULL, H = 0;
+    if (!int_list(args[0], h) || !int_list(args[1], nk) || !int_list(args[2], kid))
+        goto refuse;
+    for (Py_ssize_t i = 0; i < N; i++) {
+        if (h[i] < 0 || h[i] >= N)
+            goto refuse;
+        if (h[i] > H)
+            H = h[i];
+        if (K < 0 && nk[i] > -K - 1)
+            K = -nk[i] - 1; /* (the widest so far, encoded below zero until the end) */
+    }
+    if (K < 0)
+        K = -K - 1;
+    if ((children = PyMem_Malloc(sizeof(long long) * (size_t)(N * K + 1))) == NULL) {
+        PyMem_Free(w);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t R;
+    if (forest_fill(N, E, K, H, h, nk, kid, slot, perm, pm, tree, rank, ptr, children, parent,
+                    roots, node_tree, post, sizes, &R) < 0)
+        goto refuse;
+    out = Py_BuildValue("(NNNNNNNNNNL)", int64_bytes(children, N * K), int64_bytes(parent, N),
+                        int64_bytes(ptr, H + 2), int64_bytes(roots, R),
+                        int64_bytes(node_tree, N), int64_bytes(post, N),
+                        int_tuple(ptr, H + 2, 0), int_tuple(sizes, R, 0), int_tuple(perm, N, 1),
+                        int_tuple(slot, N, 1), K);
+    PyMem_Free(children);
+    PyMem_Free(w);
+    return out;
+refuse:
+    PyErr_Clear();
+    PyMem_Free(children);
+    PyMem_Free(w);
+    Py_RETURN_NONE;
+}
+
+/* member_x(members, order, n): [members[order[i]].leaves[0] for i in range(n)] (a fused
+ * group's x in schedule order, fused._member_x); None for anything unexpected */
+static PyObject *member_x(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || NodeT == NULL || !PyList_CheckExact(args[0]) ||
+        !PyList_CheckExact(args[1]) || !PyLong_CheckExact(args[2]))
+        Py_RETURN_NONE;
+    PyObject *members = args[0], *order = args[1];
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]), m = PyList_GET_SIZE(members);
+    if (n < 0 || n > PyList_GET_SIZE(order)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(order, i);
+        Py_ssize_t k = PyLong_CheckExact(f) ? PyLong_AsSsize_t(f) : -1;
+        PyObject *node = (k >= 0 && k < m) ? PyList_GET_ITEM(members, k) : NULL;
+        PyObject *leaves = (node != NULL && Py_TYPE(node) == NodeT) ? SLOT(node, N_leaves)
+                                                                     : NULL;
+        if (leaves == NULL || !PyTuple_CheckExact(leaves) || PyTuple_GET_SIZE(leaves) < 1) {
+            PyErr_Clear();
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        PyList_SET_ITEM(out, i, Py_NewRef(PyTuple_GET_ITEM(leaves, 0)));
+    }
+    return out;
+}
+
 /* drop_links(members, hs, cs): members[i].leaves = None, hs[i].node = cs[i].node = None
  * (fused.Group.clear) */
 static PyObject *drop_links(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -1093,6 +1285,10 @@ static PyMethodDef module_methods[] = {
      "set_rows(values, src, rows): each value's src and first row"},
     {"drop_links", (PyCFunction)(void (*)(void))drop_links, METH_FASTCALL,
      "drop_links(members, hs, cs): a fused group's links dropped (teardown)"},
+    {"forest", (PyCFunction)(void (*)(void))forest, METH_FASTCALL,
+     "forest(heights, nkids, kid_slots, K): a fused group's schedule arrays, or None"},
+    {"member_x", (PyCFunction)(void (*)(void))member_x, METH_FASTCALL,
+     "member_x(members, order, n): the first n members' x in that order, or None"},
     {"row_index", row_index, METH_O, "row_index(vals): (sources, idx) or None"},
     {"source_rows", source_rows, METH_O, "source_rows(vals): (src, rows, idx) or None"},
     {"stack", (PyCFunction)(void (*)(void))stack_hook, METH_FASTCALL | METH_KEYWORDS,

@@ -216,9 +216,9 @@ class Fuser:
         """One call of the level executor for the whole group; members get their rows."""
         t0 = time.perf_counter()
         cell = g.key.cell
-        perm, rank, schedule = _schedule(g, cell, self.nary)
         native = self.native
-        x = _inputs(g, perm.tolist(), schedule.num_leaves, cell.input_at == "leaves", native)
+        perm, rows, schedule = _schedule(g, cell, self.nary, native)
+        x = _inputs(g, perm, schedule.num_leaves, cell.input_at == "leaves", native)
         outer = torch.is_grad_enabled()
         if g.key.grad != outer:
             torch.set_grad_enabled(g.key.grad)
@@ -227,7 +227,6 @@ class Fuser:
         finally:
             if g.key.grad != outer:
                 torch.set_grad_enabled(outer)
-        rows = rank.tolist()  # member (record order) -> its row of h and c
         if native is not None:
             native.set_rows(g.hs, h, rows)
             native.set_rows(g.cs, c, rows)
@@ -250,9 +249,22 @@ def _inputs(g: Group, order: list, num_leaves: int, at_leaves: bool, native):
     lazy or needs a gradient (`g.inner_x`), internal rows are zeros instead of a gather."""
     members = g.members
     if not at_leaves or g.inner_x or num_leaves in (0, len(order)):
-        return gather_rows([members[f].leaves[0] for f in order], native)
-    xl = gather_rows([members[f].leaves[0] for f in order[:num_leaves]], native)
-    return torch.cat([xl, xl.new_zeros(len(order) - num_leaves, xl.shape[1])])
+        return gather_rows(_member_x(members, order, len(order), native), native)
+    xl = gather_rows(_member_x(members, order, num_leaves, native), native)
+    if xl.requires_grad:  # (cat: x's gradient is the leaves' rows of autograd's)
+        return torch.cat([xl, xl.new_zeros(len(order) - num_leaves, xl.shape[1])])
+    x = xl.new_zeros(len(order), xl.shape[1])  # one buffer, no concatenation
+    x[:num_leaves] = xl
+    return x
+
+
+def _member_x(members: list, order: list, n: int, native) -> list:
+    """x (argument 0) of members ``order[:n]``: in C with the extension, else a list."""
+    if native is not None:
+        found = native.member_x(members, order, n)
+        if found is not None:
+            return found
+    return [members[f].leaves[0] for f in order[:n]]
 
 
 def _add_member(run, site, g, args, nkids: int, depth: int):
@@ -424,12 +436,50 @@ def _bases(x: Lazy):
     return [b for p in x.parts[2] if type(p) is Lazy for b in _bases(p)]
 
 
-def _schedule(g: Group, cell, nary_type):
+def _schedule(g: Group, cell, nary_type, native=None):
     """Level-major numbering (level = height) of the group's forest, as a `Schedule`.
 
-    Returns (perm, rank, schedule): perm[s] is the member index (record order) of schedule
-    row s, rank[i] the schedule row of member i.
+    Returns (perm, rows, schedule), two lists and the schedule: perm[s] is the member index
+    (record order) of schedule row s, rows[i] the schedule row of member i. With the C
+    extension (`native`) its `forest` builds the arrays in one pass each (the same numbers:
+    tests/test_autobatch_native.py); numpy otherwise, or if it refuses the forest.
     """
+    dev = cell.U.weight.device
+    if native is not None:
+        K = cell.n_ary if type(cell) is nary_type else -1
+        found = native.forest(g.heights, g.nkids, g.kid_slots, K)
+        if found is not None:
+            return _native_schedule(found, dev)
+    return _numpy_schedule(g, cell, nary_type, dev)
+
+
+def _native_schedule(found, dev):
+    """`_schedule`'s result from the C extension's `forest` arrays (int64 bytearrays)."""
+    children, parent, ptr, roots, tree, post, bounds, sizes, perm, rows, K = found
+    N = len(perm)
+
+    def t(buf):
+        if not buf:
+            return torch.empty(0, dtype=torch.int64).to(dev)
+        return torch.frombuffer(buf, dtype=torch.int64).to(dev)
+
+    schedule = Schedule(
+        tokens=torch.full((N,), -1, dtype=torch.int64, device=dev),
+        labels=None,
+        children=t(children).view(N, K),
+        parent=t(parent),
+        level_ptr=t(ptr),
+        roots=t(roots),
+        node_tree=t(tree),
+        post_index=t(post),
+        level_bounds=bounds,
+        tree_sizes=sizes,
+    )
+    return perm, rows, schedule
+
+
+def _numpy_schedule(g: Group, cell, nary_type, dev):
+    """`_schedule` in numpy."""
     N = len(g.members)
     height = np.asarray(g.heights, dtype=np.int64)
     perm = np.argsort(height, kind="stable")
@@ -466,7 +516,6 @@ def _schedule(g: Group, cell, nary_type):
     np.cumsum(sizes[:-1], out=start[1:])
     rank = np.empty(N, dtype=np.int64)
     rank[by_tree] = np.arange(N) - start[tree_of_member[by_tree]]
-    dev = cell.U.weight.device
 
     def t(a):
         return torch.from_numpy(a).to(dev)
@@ -483,4 +532,4 @@ def _schedule(g: Group, cell, nary_type):
         level_bounds=tuple(ptr.tolist()),
         tree_sizes=tuple(sizes.tolist()),
     )
-    return perm, slot, schedule
+    return perm.tolist(), slot.tolist(), schedule

@@ -31,7 +31,7 @@ from treelstm.kernels.build import _cache_dir, _compiler  # (one cache, one comp
 
 __all__ = ["ABI", "enabled", "module"]
 
-ABI = 6  # the C source's ABI (checked after loading)
+ABI = 8  # the C source's ABI (checked after loading)
 NAME = "_autobatch_native"
 FLAGS = ["-O2", "-fPIC", "-shared", "-fno-strict-aliasing"]
 log = logging.getLogger("treelstm")
