@@ -1,6 +1,6 @@
 """Build, cache and load the optional C extension of the recording path (`_native.c`).
 
-The extension (a few hundred lines of the CPython C API, no torch headers) is compiled on
+The extension (~1,300 lines of the CPython C API, no torch headers) is compiled on
 first use with the system C compiler (``$CC``, else ``cc``) against the running interpreter's
 headers, about a second, and cached under ``$TREELSTM_CACHE`` (default ``~/.cache/treelstm``,
 the level kernels' cache) in a file named by a hash of the source, the flags, the compiler's
@@ -16,7 +16,6 @@ no ``Python.h``, or the build fails, `module()` returns None after one line on t
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import importlib.util
 import logging
@@ -27,13 +26,13 @@ import sysconfig
 import threading
 from pathlib import Path
 
-from treelstm.kernels.build import _cache_dir, _compiler  # (one cache, one compiler choice)
+from treelstm.kernels.build import compile_cached  # one cache, one way to build
 
 __all__ = ["ABI", "enabled", "module"]
 
 ABI = 8  # the C source's ABI (checked after loading)
 NAME = "_autobatch_native"
-FLAGS = ["-O2", "-fPIC", "-shared", "-fno-strict-aliasing"]
+FLAGS = ["-O2", "-fno-strict-aliasing"]  # compile_cached adds -fPIC -shared
 log = logging.getLogger("treelstm")
 _lock = threading.Lock()
 _state: dict = {}
@@ -71,28 +70,10 @@ def _load():
 
 
 def _build() -> Path:
-    cc = _compiler()
     include = sysconfig.get_paths()["include"]
     if not (Path(include) / "Python.h").exists():
         raise RuntimeError(f"no Python.h in {include} (install the Python headers)")
-    version = subprocess.run(
-        [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
-    ).stdout
     src = Path(__file__).resolve().parent / "_native.c"
-    digest = hashlib.sha256(src.read_bytes())
-    for part in (repr(FLAGS), version, sys.version, include, sys.executable):
-        digest.update(part.encode())
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    out = _cache_dir() / "native" / f"autobatch-{digest.hexdigest()[:20]}{suffix}"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    cmd = [cc, *FLAGS, f"-I{include}", "-o", str(tmp), str(src)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
-        raise RuntimeError(f"{cc} failed to build {src}: {last}")
-    os.replace(tmp, out)
-    return out
+    flags = [*FLAGS, f"-I{include}"]
+    return compile_cached("autobatch", src, [src], [flags], [sys.version, sys.executable], suffix)

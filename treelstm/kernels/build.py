@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-__all__ = ["library", "timing"]
+__all__ = ["cache_dir", "compile_cached", "compiler", "library", "timing"]
 
 ABI = 4  # bumped with any change of an exported signature (checked after loading)
 SOURCES = ("levels.c", "levels_impl.h")
@@ -128,7 +128,9 @@ def _source_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where built libraries are cached: $TREELSTM_CACHE, else $XDG_CACHE_HOME/treelstm,
+    else ~/.cache/treelstm."""
     root = os.environ.get("TREELSTM_CACHE")
     if root:
         return Path(root)
@@ -136,7 +138,8 @@ def _cache_dir() -> Path:
     return Path(xdg) / "treelstm" if xdg else Path.home() / ".cache" / "treelstm"
 
 
-def _compiler() -> str:
+def compiler() -> str:
+    """The C compiler: $CC, else cc, else gcc (RuntimeError when there is none)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
@@ -154,29 +157,48 @@ def _cpu_signature() -> str:
 
 
 def _build() -> Path:
-    cc = _compiler()
+    src = _source_dir()
+    parts = [_cpu_signature(), platform.platform()]
+    return compile_cached("levels", src / "levels.c", [src / n for n in SOURCES], _flag_sets(),
+                          parts, libs=["-lm"])  # fmt: skip
+
+
+def compile_cached(
+    prefix: str,
+    main: Path,
+    sources: list[Path],
+    flag_sets: list[list[str]],
+    parts: list[str],
+    suffix: str = ".so",
+    libs: list[str] | None = None,
+) -> Path:
+    """``main`` compiled into a shared library, cached as ``<cache>/native/<prefix>-<hash>
+    <suffix>``: the hash covers ``sources``, ``flag_sets``, the compiler's version and
+    ``parts`` (what else the build depends on), so a changed one never loads a stale build.
+    The flag sets are tried in order (the first that compiles wins); the build writes a
+    temporary file and renames it, so processes building at once never see a half-written
+    file. RuntimeError (one line, the compiler's last) when no flag set compiles."""
+    cc = compiler()
     version = subprocess.run(
         [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
     ).stdout
-    src = _source_dir()
     digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((src / name).read_bytes())
-    flag_sets = _flag_sets()
-    for part in (repr(flag_sets), version, _cpu_signature(), platform.platform()):
+    for path in sources:
+        digest.update(path.read_bytes())
+    for part in (repr(flag_sets), version, *parts):
         digest.update(part.encode())
-    out = _cache_dir() / "native" / f"levels-{digest.hexdigest()[:20]}.so"
+    out = cache_dir() / "native" / f"{prefix}-{digest.hexdigest()[:20]}{suffix}"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     errors = []
     for flags in flag_sets:
-        cmd = [cc, *flags, "-fPIC", "-shared", "-o", str(tmp), str(src / "levels.c"), "-lm"]
+        cmd = [cc, *flags, "-fPIC", "-shared", "-o", str(tmp), str(main), *(libs or [])]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if r.returncode == 0:
             os.replace(tmp, out)
             return out
         errors.append(r.stderr.strip().splitlines()[-1:] or [f"exit {r.returncode}"])
     tmp.unlink(missing_ok=True)
-    raise RuntimeError(f"{cc} failed to build {src / 'levels.c'}: {errors[-1][0]}")
+    raise RuntimeError(f"{cc} failed to build {main}: {errors[-1][0]}")
