@@ -19,3 +19,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module", params=["torch", "native"])
+def kernel_path(request):
+    """Run every test of a module that uses this once on each implementation of the fused
+    level kernels (PyTorch, then native; native skipped where it does not build)."""
+    from treelstm import kernels
+
+    if request.param == "native" and not kernels.native_available():
+        pytest.skip("the native level kernels do not build here")
+    old = kernels.set_native(request.param == "native")
+    yield request.param
+    kernels.set_native(old)

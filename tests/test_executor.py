@@ -22,19 +22,9 @@ from treelstm.tree import Tree
 from .strategies import CELL_SWITCHES as SWITCHES
 from .strategies import binary_trees, forests
 
-pytestmark = pytest.mark.usefixtures("float64")
+pytestmark = pytest.mark.usefixtures("float64", "kernel_path")
 
 IN, H = 3, 4
-
-
-@pytest.fixture(scope="module", params=["torch", "native"], autouse=True)
-def kernel_path(request):
-    """Run every test of the module on one implementation of the level kernels."""
-    if request.param == "native" and not kernels.native_available():
-        pytest.skip("the native level kernels do not build here")
-    old = kernels.set_native(request.param == "native")
-    yield request.param
-    kernels.set_native(old)
 
 
 def make_cell(kind, **sw):

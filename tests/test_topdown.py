@@ -33,19 +33,9 @@ from .strategies import CELL_SWITCHES as SWITCHES
 from .strategies import forests
 from .user_cells import TreeGRU
 
-pytestmark = pytest.mark.usefixtures("float64", "one_thread")
+pytestmark = pytest.mark.usefixtures("float64", "one_thread", "kernel_path")
 
 IN, H = 3, 4
-
-
-@pytest.fixture(scope="module", params=["torch", "native"], autouse=True)
-def kernel_path(request):
-    """Run every test of the module on one implementation of the fused kernels."""
-    if request.param == "native" and not kernels.native_available():
-        pytest.skip("the native kernels do not build here")
-    old = kernels.set_native(request.param == "native")
-    yield request.param
-    kernels.set_native(old)
 
 
 def depths(s):
